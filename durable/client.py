@@ -1,0 +1,340 @@
+"""Starting, awaiting and managing workflows from any process.
+
+`DurableClient` is for web apps that do not import workflow code: it writes
+the workflow row and rings the broker, nothing more.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any, Sequence
+
+from celery import Celery
+
+from . import serialization as ser
+from .context import current_execution, current_step
+from .database import Database
+from .errors import DuplicateWorkflowError, SerializationError, WorkflowNotFoundError
+from .records import (
+    ErrorInfo,
+    Status,
+    StepInfo,
+    StepStatus,
+    WorkflowStatus,
+    datetime_from_ms,
+)
+from .settings import Settings
+from .store import DedupConflict, Store
+
+if TYPE_CHECKING:
+    from .celery_binding import Dispatcher
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def new_workflow_row(
+    settings: Settings,
+    name: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    workflow_id: str | None = None,
+    queue: str | None = None,
+    dedup_key: str | None = None,
+    priority: int = 0,
+    timeout_seconds: float | None = None,
+    max_recovery_attempts: int | None = None,
+) -> dict[str, Any]:
+    """The row a new workflow starts as. Serializes the inputs first, so bad
+    input fails here with SerializationError before anything is written."""
+    inputs = ser.dumps_inputs(tuple(args), dict(kwargs))
+    now = _now_ms()
+    return dict(
+        workflow_id=workflow_id or str(uuid.uuid4()),
+        name=name,
+        status=Status.ENQUEUED.value,
+        queue=queue or settings.default_queue,
+        dedup_key=dedup_key,
+        priority=priority,
+        inputs=inputs,
+        max_recovery_attempts=(
+            settings.max_recovery_attempts if max_recovery_attempts is None else max_recovery_attempts
+        ),
+        # If this workflow's message is lost before anyone claims it, the
+        # recovery sweeper publishes it again after this.
+        redispatch_at_ms=now + int(settings.redelivery_seconds * 1000),
+        deadline_at_ms=now + int(timeout_seconds * 1000) if timeout_seconds else None,
+        app_version=settings.app_version or None,
+        created_at_ms=now,
+        updated_at_ms=now,
+    )
+
+
+def start_workflow(management: "Management", row: dict[str, Any], on_duplicate: str = "raise") -> "WorkflowHandle":
+    try:
+        result = management.store.insert_workflow(row)
+    except DedupConflict as conflict:
+        if on_duplicate == "return_existing" and conflict.holder_workflow_id:
+            return WorkflowHandle(conflict.holder_workflow_id, management)
+        raise DuplicateWorkflowError(row["dedup_key"], row["queue"], conflict.holder_workflow_id) from None
+    if result.created:
+        management.dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
+    return WorkflowHandle(row["workflow_id"], management)
+
+
+class WorkflowHandle:
+    """A started workflow. Inside a workflow, `result()` suspends the caller
+    until this one ends; elsewhere it polls the database."""
+
+    def __init__(self, workflow_id: str, management: "Management"):
+        self.workflow_id = workflow_id
+        self._management = management
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+    def status(self) -> WorkflowStatus:
+        return self._management.get(self.workflow_id)
+
+    def result(self, timeout: float | None = None, poll_interval_seconds: float = 0.2) -> Any:
+        execution = current_execution()
+        if execution is not None and current_step() is None:
+            return execution.await_workflow(self.workflow_id)
+        from .engine import outcome_error
+
+        store = self._management.store
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            outcome = store.workflow_outcome(self.workflow_id)
+            if outcome is None:
+                raise WorkflowNotFoundError(self.workflow_id)
+            status = outcome["status"]
+            if status == Status.SUCCESS.value:
+                return ser.loads(outcome["output"])
+            if status not in (Status.ENQUEUED.value, Status.PENDING.value):
+                raise outcome_error(self.workflow_id, status, outcome["error"])
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"workflow {self.workflow_id!r} still {status} after {timeout}s"
+                )
+            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            time.sleep(pause)
+            delay = min(delay * 2, poll_interval_seconds)
+
+
+def _error_info(text: str | None) -> ErrorInfo | None:
+    record = ser.loads_error(text)
+    if not record:
+        return None
+    return ErrorInfo(record.get("type", ""), record.get("message", ""), record.get("traceback"))
+
+
+def _safe_loads(text: str | None) -> Any:
+    try:
+        return ser.loads(text)
+    except SerializationError as exc:
+        return f"<unreadable: {exc}>"
+
+
+def workflow_status(row: dict[str, Any], with_payloads: bool = False) -> WorkflowStatus:
+    return WorkflowStatus(
+        workflow_id=row["workflow_id"],
+        name=row["name"],
+        status=Status(row["status"]),
+        queue=row["queue"],
+        dedup_key=row["dedup_key"],
+        priority=row["priority"],
+        recovery_attempts=row["recovery_attempts"],
+        max_recovery_attempts=row["max_recovery_attempts"],
+        parent_workflow_id=row["parent_workflow_id"],
+        created_at=datetime_from_ms(row["created_at_ms"]),
+        updated_at=datetime_from_ms(row["updated_at_ms"]),
+        started_at=datetime_from_ms(row["started_at_ms"]),
+        completed_at=datetime_from_ms(row["completed_at_ms"]),
+        error=_error_info(row["error"]),
+        last_death=row["last_death"],
+        executor=row["executor"],
+        app_version=row["app_version"],
+        inputs=_safe_loads(row["inputs"]) if with_payloads else None,
+        output=_safe_loads(row["output"]) if with_payloads else None,
+    )
+
+
+def step_info(row: dict[str, Any]) -> StepInfo:
+    attempt_errors = row.get("attempt_errors")
+    import json
+
+    return StepInfo(
+        step_id=row["step_id"],
+        name=row["name"],
+        status=StepStatus(row["status"]),
+        attempts=row["attempts"],
+        crashes=row["crashes"],
+        output=_safe_loads(row["output"]),
+        error=_error_info(row["error"]),
+        child_workflow_id=row["child_workflow_id"],
+        started_at=datetime_from_ms(row["started_at_ms"]),
+        completed_at=datetime_from_ms(row["completed_at_ms"]),
+        last_crash=row["last_crash"],
+        attempt_errors=json.loads(attempt_errors) if attempt_errors else None,
+    )
+
+
+class Management:
+    """Inspect and steer workflows; shared by `Durable` and `DurableClient`."""
+
+    def __init__(self, store: Store, dispatcher: "Dispatcher", settings: Settings):
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings
+
+    def handle(self, workflow_id: str) -> WorkflowHandle:
+        return WorkflowHandle(workflow_id, self)
+
+    def get(self, workflow_id: str, with_payloads: bool = True) -> WorkflowStatus:
+        row = self.store.workflow_row(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return workflow_status(row, with_payloads)
+
+    def list_workflows(
+        self,
+        status: str | Status | Sequence[str | Status] | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_after: Any = None,
+        created_before: Any = None,
+        limit: int | None = 100,
+        offset: int = 0,
+        with_payloads: bool = False,
+        parent_workflow_id: str | None = None,
+    ) -> list[WorkflowStatus]:
+        statuses = None
+        if status is not None:
+            items = [status] if isinstance(status, (str, Status)) else list(status)
+            statuses = [Status(s).value for s in items]
+        rows = self.store.list_workflows(
+            status=statuses, name=name, queue=queue,
+            created_after_ms=_to_ms(created_after), created_before_ms=_to_ms(created_before),
+            parent_workflow_id=parent_workflow_id, limit=limit, offset=offset,
+        )
+        return [workflow_status(r, with_payloads) for r in rows]
+
+    def list_steps(self, workflow_id: str) -> list[StepInfo]:
+        if self.store.workflow_row(workflow_id) is None:
+            raise WorkflowNotFoundError(workflow_id)
+        return [step_info(r) for r in self.store.list_steps(workflow_id)]
+
+    def cancel(self, workflow_id: str) -> list[str]:
+        """Cancel the workflow and its active children. A running execution
+        stops at its next checkpoint. Returns the IDs cancelled."""
+        if self.store.workflow_row(workflow_id) is None:
+            raise WorkflowNotFoundError(workflow_id)
+        cancelled = self.store.cancel(workflow_id, _now_ms())
+        for parent in self._parents_to_wake(cancelled):
+            self.dispatcher.publish_by_id(parent)
+        return cancelled
+
+    def _parents_to_wake(self, cancelled: list[str]) -> set[str]:
+        parents = set()
+        for workflow_id in cancelled:
+            row = self.store.workflow_row(workflow_id)
+            if row and row["parent_workflow_id"] and row["parent_workflow_id"] not in cancelled:
+                parents.add(row["parent_workflow_id"])
+        return parents
+
+    def resume(self, workflow_id: str) -> WorkflowHandle:
+        """Run a cancelled or quarantined workflow again from its last checkpoint."""
+        row = self.store.workflow_row(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        try:
+            resumed = self.store.resume(workflow_id, _now_ms(), int(self.settings.redelivery_seconds * 1000))
+        except DedupConflict as conflict:
+            raise DuplicateWorkflowError(row["dedup_key"], row["queue"], conflict.holder_workflow_id) from None
+        if resumed:
+            self.dispatcher.publish(workflow_id, row["name"], row["queue"], row["priority"])
+        return WorkflowHandle(workflow_id, self)
+
+    def fork(self, workflow_id: str, from_step: int, new_workflow_id: str | None = None) -> WorkflowHandle:
+        """A new workflow with the same inputs that reuses the source's
+        checkpoints before `from_step` and runs the rest again."""
+        row = self.store.workflow_row(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        if from_step < 0:
+            raise ValueError("from_step must be >= 0")
+        now = _now_ms()
+        new_row = dict(
+            workflow_id=new_workflow_id or str(uuid.uuid4()), name=row["name"],
+            status=Status.ENQUEUED.value, queue=row["queue"], dedup_key=None,
+            priority=row["priority"], inputs=row["inputs"],
+            max_recovery_attempts=row["max_recovery_attempts"],
+            redispatch_at_ms=now + int(self.settings.redelivery_seconds * 1000),
+            app_version=row["app_version"], created_at_ms=now, updated_at_ms=now,
+        )
+        self.store.insert_workflow(new_row)
+        self.store.copy_steps(workflow_id, new_row["workflow_id"], from_step)
+        self.dispatcher.publish(new_row["workflow_id"], row["name"], row["queue"], row["priority"])
+        return WorkflowHandle(new_row["workflow_id"], self)
+
+
+class DurableClient(Management):
+    """Enqueue and manage workflows by name, without importing their code."""
+
+    def __init__(
+        self,
+        database_url: str | None = None,
+        broker_url: str | None = None,
+        settings: Settings | None = None,
+        celery_app: Celery | None = None,
+    ):
+        from . import celery_binding
+
+        self.settings = (settings or Settings.from_env()).with_overrides(
+            database_url=database_url, broker_url=broker_url
+        )
+        if celery_app is None:
+            celery_app = Celery("durable-client", broker=self.settings.resolved_broker_url)
+        celery_app = celery_binding.configure_app(celery_app, self.settings)
+        store = Store(Database(self.settings.resolved_database_url, echo=self.settings.sql_echo))
+        super().__init__(store, celery_binding.Dispatcher(celery_app, store), self.settings)
+
+    def enqueue(
+        self,
+        workflow_name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        dedup_key: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        max_recovery_attempts: int | None = None,
+        on_duplicate: str = "raise",
+    ) -> WorkflowHandle:
+        from .app import StartOptions
+
+        if not isinstance(workflow_name, str) or not workflow_name:
+            raise ValueError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
+        StartOptions(  # validates the options the same way start() does
+            workflow_id=workflow_id, dedup_key=dedup_key, queue=queue, priority=priority,
+            timeout=timeout, on_duplicate=on_duplicate, max_recovery_attempts=max_recovery_attempts,
+        )
+        row = new_workflow_row(
+            self.settings, workflow_name, args, kwargs or {}, workflow_id=workflow_id, queue=queue,
+            dedup_key=dedup_key, priority=priority, timeout_seconds=timeout,
+            max_recovery_attempts=max_recovery_attempts,
+        )
+        return start_workflow(self, row, on_duplicate)
+
+
+def _to_ms(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return int(value * 1000)
+    return int(value.timestamp() * 1000)

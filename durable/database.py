@@ -1,0 +1,195 @@
+"""Connections to the system database: one SQLAlchemy engine per process
+(re-created after fork), SQLite tuned for several processes, Alembic
+migrations applied once, and a wait-out for a database that is down."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import random
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+from sqlalchemy import create_engine, event, inspect, text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+logger = logging.getLogger("durable.database")
+
+T = TypeVar("T")
+
+VERSION_TABLE = "durable_alembic_version"
+_MIGRATION_LOCK_ID = 0x64757261  # "dura": Postgres advisory lock for migrations
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True for errors that mean "the database is unreachable", not "the query is wrong"."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        message = str(exc).lower()
+        if "database is locked" in message:
+            return True
+        return not any(
+            s in message for s in ("syntax error", "no such table", "no such column", "does not exist")
+        )
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
+class Database:
+    """A process-local engine for one database URL."""
+
+    def __init__(self, url: str, echo: bool = False):
+        self.url = url
+        self.echo = echo
+        self.dialect_name = url.split(":", 1)[0].split("+", 1)[0]
+        self._engine: Engine | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        self._migrated = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect_name == "sqlite"
+
+    @property
+    def engine(self) -> Engine:
+        pid = os.getpid()
+        if self._engine is None or self._pid != pid:
+            with self._lock:
+                if self._engine is None or self._pid != pid:
+                    if self._engine is not None:
+                        # Inherited across fork: never touch the parent's sockets.
+                        self._engine.dispose(close=False)
+                    self._engine = self._create_engine()
+                    self._pid = pid
+        return self._engine
+
+    def _create_engine(self) -> Engine:
+        if self.is_sqlite:
+            path = self.url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                self.url, echo=self.echo, connect_args={"timeout": 60, "check_same_thread": False}
+            )
+            _tune_sqlite(engine)
+            return engine
+        return create_engine(
+            self.url, echo=self.echo, pool_size=5, max_overflow=10, pool_recycle=3600
+        )
+
+    @contextmanager
+    def begin(self) -> Iterator[Connection]:
+        self.ensure_schema()
+        with self.engine.begin() as conn:
+            yield conn
+
+    def dispose(self) -> None:
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+
+    # --- migrations ----------------------------------------------------------
+
+    def ensure_schema(self) -> None:
+        if not self._migrated:
+            self.migrate()
+
+    def migrate(self) -> str:
+        """Bring durable's tables to the newest revision; safe from many processes at once."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        with self._migration_lock() as conn:
+            if self._current_revision(conn) != self.head_revision():
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+                conn.commit()
+            revision = self._current_revision(conn)
+        self._migrated = True
+        return revision or ""
+
+    @staticmethod
+    def head_revision() -> str:
+        from alembic.config import Config
+        from alembic.script import ScriptDirectory
+
+        config = Config()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        return ScriptDirectory.from_config(config).get_current_head() or ""
+
+    @staticmethod
+    def _current_revision(conn: Connection) -> str | None:
+        if not inspect(conn).has_table(VERSION_TABLE):
+            return None
+        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[Connection]:
+        if self.is_sqlite:
+            lock_path = self.url.split("///", 1)[-1] + ".migrate-lock"
+            with open(lock_path, "w") as lock_file:
+                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                with self.engine.connect() as conn:
+                    yield conn
+            return
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
+            conn.commit()
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_ID})
+                conn.commit()
+
+
+def _tune_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=60000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Take the write lock up front: a deferred transaction that later
+        # writes can fail with "database is locked" instead of waiting.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def retry_while_unavailable(
+    operation: Callable[[], T],
+    what: str,
+    give_up_after_seconds: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run `operation`, waiting out a database that is down (restart, failover).
+
+    A checkpoint is never dropped: the worker waits, and its Celery message
+    stays unacknowledged until the write commits or the lease is lost.
+    """
+    delay = 0.05
+    started = time.monotonic()
+    while True:
+        try:
+            return operation()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            waited = time.monotonic() - started
+            if give_up_after_seconds is not None and waited > give_up_after_seconds:
+                raise
+            logger.warning("database unavailable during %s (%.1fs so far): %s", what, waited, exc)
+            sleep(delay * (0.5 + random.random() / 2))
+            delay = min(delay * 2, 2.0)

@@ -1,0 +1,150 @@
+"""Every error `durable` raises, under one root.
+
+    DurableError
+    ├── WorkflowNotFoundError
+    ├── DuplicateWorkflowError
+    ├── UnknownWorkflowError
+    ├── SerializationError
+    ├── NonDeterministicWorkflowError
+    ├── MaxStepRetriesExceededError
+    ├── MaxRecoveryAttemptsExceededError
+    ├── StepTimeoutError
+    ├── WorkflowFailedError
+    ├── AwaitedWorkflowCancelledError
+    ├── AwaitedWorkflowMaxRecoveryAttemptsExceededError
+    ├── WorkflowTimeoutError
+    └── WorkflowCancelledError
+
+The engine unwinds a cancelled or suspended workflow with private
+BaseException signals (see `durable.engine`), so user code that catches
+Exception cannot swallow a cancellation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DurableError(Exception):
+    """Root of every error raised by durable."""
+
+
+class WorkflowNotFoundError(DurableError):
+    """No workflow with this ID exists."""
+
+    def __init__(self, workflow_id: str):
+        super().__init__(f"workflow {workflow_id!r} not found")
+        self.workflow_id = workflow_id
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.workflow_id,))
+
+
+class DuplicateWorkflowError(DurableError):
+    """A non-terminal workflow already holds this deduplication key."""
+
+    def __init__(self, dedup_key: str, queue: str, holder_workflow_id: str | None):
+        super().__init__(
+            f"dedup key {dedup_key!r} on queue {queue!r} is held by workflow {holder_workflow_id!r}"
+        )
+        self.dedup_key = dedup_key
+        self.queue = queue
+        self.workflow_id = holder_workflow_id
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.dedup_key, self.queue, self.workflow_id))
+
+
+class UnknownWorkflowError(DurableError):
+    """A message or request names a workflow this process has not registered."""
+
+
+class SerializationError(DurableError):
+    """A value cannot be stored as JSON, or a stored value cannot be read back."""
+
+
+class NonDeterministicWorkflowError(DurableError):
+    """Replay reached a recorded step but the code called a different one."""
+
+    def __init__(self, workflow_id: str, step_id: int, recorded: str, called: str):
+        super().__init__(
+            f"workflow {workflow_id!r} step #{step_id}: history recorded {recorded!r} "
+            f"but the code now calls {called!r}"
+        )
+        self.workflow_id = workflow_id
+        self.step_id = step_id
+        self.recorded = recorded
+        self.called = called
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.workflow_id, self.step_id, self.recorded, self.called))
+
+
+class MaxStepRetriesExceededError(DurableError):
+    """A step failed on every attempt its retry policy allowed."""
+
+    def __init__(self, step_name: str, attempts: int, errors: list[dict[str, Any]] | None = None):
+        errors = list(errors or [])
+        last = errors[-1]["message"] if errors else ""
+        super().__init__(f"step {step_name!r} failed {attempts} attempt(s); last error: {last}")
+        self.step_name = step_name
+        self.attempts = attempts
+        self.errors = errors
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.step_name, self.attempts, self.errors))
+
+
+class MaxRecoveryAttemptsExceededError(DurableError):
+    """The workflow lost its worker more often than max_recovery_attempts allows."""
+
+
+class StepTimeoutError(DurableError):
+    """A step attempt ran past its timeout."""
+
+
+class WorkflowFailedError(DurableError):
+    """An awaited workflow failed with an error whose type cannot be rebuilt here."""
+
+    def __init__(self, workflow_id: str, error_type: str, message: str):
+        super().__init__(f"workflow {workflow_id!r} failed: {error_type}: {message}")
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.error_message = message
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.workflow_id, self.error_type, self.error_message))
+
+
+class AwaitedWorkflowCancelledError(DurableError):
+    """The workflow being awaited was cancelled."""
+
+
+class AwaitedWorkflowMaxRecoveryAttemptsExceededError(DurableError):
+    """The workflow being awaited was quarantined after too many lost executions."""
+
+
+class WorkflowTimeoutError(DurableError):
+    """The workflow passed its deadline and was cancelled."""
+
+
+class WorkflowCancelledError(DurableError):
+    """The workflow was cancelled (by an operator, a parent, or its deadline)."""
+
+
+__all__ = [
+    "DurableError",
+    "WorkflowNotFoundError",
+    "DuplicateWorkflowError",
+    "UnknownWorkflowError",
+    "SerializationError",
+    "NonDeterministicWorkflowError",
+    "MaxStepRetriesExceededError",
+    "MaxRecoveryAttemptsExceededError",
+    "StepTimeoutError",
+    "WorkflowFailedError",
+    "AwaitedWorkflowCancelledError",
+    "AwaitedWorkflowMaxRecoveryAttemptsExceededError",
+    "WorkflowTimeoutError",
+    "WorkflowCancelledError",
+]

@@ -1,0 +1,64 @@
+"""The recovery sweeper: the database decides what needs a message.
+
+Every worker runs one (in its main process); they may all sweep at once,
+since marking a workflow as dispatched is one conditional UPDATE per row
+(SKIP LOCKED on Postgres). A sweep publishes workflows whose timer is due,
+who were woken, whose message was lost before a claim, or whose execution
+lost its lease; and cancels workflows past their deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from . import serialization as ser
+from .errors import WorkflowTimeoutError
+from .settings import Settings
+from .store import Store
+
+if TYPE_CHECKING:
+    from .celery_binding import Dispatcher
+
+logger = logging.getLogger("durable.recovery")
+
+
+def sweep_once(store: Store, dispatcher: "Dispatcher", settings: Settings, now_ms: int | None = None) -> int:
+    """One sweep; returns how many workflows it published."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    timed_out = store.expire_deadlines(
+        now, ser.dumps_error(WorkflowTimeoutError("workflow passed its deadline and was cancelled"))
+    )
+    for workflow_id in timed_out:
+        logger.warning("workflow %s passed its deadline: cancelled", workflow_id)
+    due = store.due_for_dispatch(now, int(settings.redelivery_seconds * 1000))
+    for row in due:
+        dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
+    if due:
+        logger.info("recovery sweep published %d workflow(s)", len(due))
+    return len(due)
+
+
+class Sweeper:
+    def __init__(self, store: Store, dispatcher: "Dispatcher", settings: Settings):
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="durable-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.sweep_interval_seconds):
+            try:
+                sweep_once(self.store, self.dispatcher, self.settings)
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                logger.warning("recovery sweep failed: %s", exc)

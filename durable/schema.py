@@ -1,0 +1,103 @@
+"""The one description of durable's tables. The Alembic migrations in
+`durable/migrations/` create exactly this (a test compares the two).
+
+Times are integer milliseconds since the epoch (`*_at_ms`); payloads are JSON
+text with their format recorded in `serialization`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+ACTIVE_SQL = "status IN ('ENQUEUED', 'PENDING')"
+
+workflows = Table(
+    "durable_workflows",
+    metadata,
+    Column("workflow_id", String(255), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("status", String(40), nullable=False),
+    Column("queue", String(255), nullable=False),
+    Column("dedup_key", String(255), nullable=True),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("inputs", Text, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("serialization", String(20), nullable=False, server_default="json-v1"),
+    Column("recovery_attempts", Integer, nullable=False, server_default="0"),
+    Column("max_recovery_attempts", Integer, nullable=False),
+    # The lease: who runs the workflow now, which execution (epoch), until when.
+    Column("lease_owner", String(255), nullable=True),
+    Column("lease_epoch", Integer, nullable=False, server_default="0"),
+    Column("lease_expires_at_ms", BigInteger, nullable=True),
+    # When the recovery sweeper should (re)publish an unleased workflow:
+    # a timer, a wake-up, or a guard against a lost message. NULL: wait.
+    Column("redispatch_at_ms", BigInteger, nullable=True),
+    Column("deadline_at_ms", BigInteger, nullable=True),
+    Column("app_version", String(255), nullable=True),
+    Column("executor", String(255), nullable=True),
+    Column("parent_workflow_id", String(255), nullable=True),
+    Column("last_death", Text, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+    Column("started_at_ms", BigInteger, nullable=True),
+    Column("completed_at_ms", BigInteger, nullable=True),
+    Index(
+        "uq_durable_workflows_active_dedup",
+        "queue",
+        "dedup_key",
+        unique=True,
+        postgresql_where=text(f"dedup_key IS NOT NULL AND {ACTIVE_SQL}"),
+        sqlite_where=text(f"dedup_key IS NOT NULL AND {ACTIVE_SQL}"),
+    ),
+    Index(
+        "ix_durable_workflows_active",
+        "status",
+        "redispatch_at_ms",
+        postgresql_where=text(ACTIVE_SQL),
+        sqlite_where=text(ACTIVE_SQL),
+    ),
+    Index("ix_durable_workflows_created", "created_at_ms"),
+    Index("ix_durable_workflows_parent", "parent_workflow_id"),
+    Index("ix_durable_workflows_name_status", "name", "status"),
+)
+
+steps = Table(
+    "durable_steps",
+    metadata,
+    Column(
+        "workflow_id",
+        String(255),
+        ForeignKey("durable_workflows.workflow_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("step_id", Integer, nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("status", String(20), nullable=False),
+    Column("output", Text, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("attempt_errors", Text, nullable=True),
+    Column("serialization", String(20), nullable=False, server_default="json-v1"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("crashes", Integer, nullable=False, server_default="0"),
+    Column("last_crash", Text, nullable=True),
+    Column("child_workflow_id", String(255), nullable=True),
+    Column("next_attempt_at_ms", BigInteger, nullable=True),
+    Column("started_at_ms", BigInteger, nullable=True),
+    Column("completed_at_ms", BigInteger, nullable=True),
+    PrimaryKeyConstraint("workflow_id", "step_id", name="pk_durable_steps"),
+)

@@ -1,0 +1,104 @@
+"""One settings object, read once from the environment (DURABLE_*).
+
+With nothing set, durable runs on the embedded default: a SQLite file and a
+filesystem broker under `DURABLE_HOME` (./.durable), no server to install.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+EMBEDDED_BROKER = "filesystem://"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: str = ".durable"
+    database_url: str = ""  # "" → SQLite file under home
+    app_database_url: str = ""  # "" → the system database
+    broker_url: str = ""  # "" → filesystem broker under home
+    default_queue: str = "celery"
+    # A live execution renews its lease every lease_seconds / 3; a lease not
+    # renewed for lease_seconds marks the execution lost.
+    lease_seconds: float = 5.0
+    sweep_interval_seconds: float = 1.0
+    # An unleased runnable workflow not picked up this long after its message
+    # was published gets published again (a lost or flushed broker message).
+    redelivery_seconds: float = 10.0
+    max_recovery_attempts: int = 10
+    # Sleeps and retry back-offs up to this long wait in the worker; longer
+    # ones suspend the workflow and free the worker slot.
+    inline_wait_max_seconds: float = 2.0
+    app_version: str = ""
+    imports: tuple[str, ...] = field(default_factory=tuple)
+    sql_echo: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f"DURABLE_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.name, f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def validated(self) -> "Settings":
+        if self.lease_seconds <= 0 or self.sweep_interval_seconds <= 0:
+            raise ValueError("lease_seconds and sweep_interval_seconds must be > 0")
+        if self.max_recovery_attempts < 0:
+            raise ValueError("max_recovery_attempts must be >= 0")
+        return self
+
+    def with_overrides(self, **overrides: Any) -> "Settings":
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
+
+    @property
+    def home_path(self) -> Path:
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home_path / 'durable.sqlite3'}"
+
+    @property
+    def resolved_broker_url(self) -> str:
+        return self.broker_url or EMBEDDED_BROKER
+
+    @property
+    def is_embedded_broker(self) -> bool:
+        return self.resolved_broker_url.startswith("filesystem://")
+
+    def broker_transport_options(self) -> dict[str, Any]:
+        if not self.is_embedded_broker:
+            return {}
+        queue_dir = self.home_path / "broker"
+        queue_dir.mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(queue_dir),
+            "data_folder_out": str(queue_dir),
+            "polling_interval": 0.1,
+        }
+
+
+def _parse(name: str, annotation: Any, raw: str) -> Any:
+    kind = str(annotation)
+    try:
+        if kind == "float":
+            return float(raw)
+        if kind == "int":
+            return int(raw)
+        if kind == "bool":
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if kind.startswith("tuple"):
+            return tuple(p.strip() for p in raw.split(",") if p.strip())
+    except ValueError as exc:
+        raise ValueError(f"DURABLE_{name.upper()}={raw!r}: {exc}") from exc
+    return raw
