@@ -40,6 +40,11 @@ def process_owner(pid: int | None = None) -> str:
 
 
 def configure_app(app: Celery, settings: Settings) -> Celery:
+    # Celery waits worker_lost_wait (10 s by default) for a dead child's
+    # result before reporting it lost; durable tasks publish no result, and
+    # the report is what lets the redelivered message claim at once.
+    if "worker_lost_wait" not in app.conf.changes:
+        app.conf.worker_lost_wait = 0.5
     broker = app.conf.broker_url or ""
     if broker.startswith("filesystem://") or (not broker and settings.is_embedded_broker):
         if not broker:

@@ -1,0 +1,141 @@
+"""Real Celery worker processes for integration tests, started and stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Backend:
+    """One place to run workflows: a system database and a broker."""
+
+    name: str
+    database_url: str
+    broker_url: str
+    home: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def env(self, effects_dir: Path, **overrides: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            DURABLE_HOME=str(self.home),
+            DURABLE_DATABASE_URL=self.database_url,
+            DURABLE_BROKER_URL=self.broker_url,
+            DURABLE_IMPORTS="tests.workflows,tests.failure_workflows",
+            DURABLE_TEST_EFFECTS_DIR=str(effects_dir),
+            DURABLE_LEASE_SECONDS="2",
+            DURABLE_SWEEP_INTERVAL_SECONDS="0.5",
+            DURABLE_REDELIVERY_SECONDS="3",
+            PYTHONPATH=str(REPO),
+        )
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+
+class Worker:
+    """`celery -A workers.app worker` in its own process group."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2,
+                 queues: str = "celery", pool: str = "prefork", name: str | None = None):
+        self.env = env
+        self.log_path = log_path
+        self.name = name or f"w{uuid.uuid4().hex[:6]}"
+        self.args = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            "-P", pool, "-c", str(concurrency), "-Q", queues, "-n", f"{self.name}@%h",
+            "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+        ]
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, wait_ready: bool = True) -> "Worker":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if b" ready." in self.log_path.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def children(self) -> list[int]:
+        return child_pids(self.pid)
+
+    def kill_all(self) -> None:
+        """SIGKILL the main process and every child: a lost host."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=15)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            self.kill_all()
+        self.proc = None
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of a process, read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the command name is in parentheses and may contain spaces
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05) -> object:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
