@@ -1,0 +1,37 @@
+# Sourced by scripts/demo and scripts/test: a virtualenv with durable
+# installed, and (for tests) Postgres and Redis from Debian packages.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$REPO/.venv"
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+ensure_venv() {
+    local stamp="$VENV/.installed"
+    if [ ! -x "$VENV/bin/python" ]; then
+        python3 -m venv "$VENV"
+    fi
+    if [ ! -f "$stamp" ] || [ "$REPO/pyproject.toml" -nt "$stamp" ]; then
+        echo "Installing durable and its dependencies into .venv ..." >&2
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "$REPO[test]" >&2
+        touch "$stamp"
+    fi
+}
+
+ensure_servers() {
+    local missing=()
+    command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
+    compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        echo "Installing ${missing[*]} from Debian packages ..." >&2
+        as_root apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2
+        # the packages start system-wide servers on the default ports; the
+        # tests start their own on free loopback ports, so stop those
+        as_root service redis-server stop >/dev/null 2>&1 || true
+        as_root service postgresql stop >/dev/null 2>&1 || true
+    fi
+}
