@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except DurableError as exc:
+    except (DurableError, ValueError) as exc:  # bad input or state: a message, not a traceback
         print(f"durable: {exc}", file=sys.stderr)
         return 1
 

@@ -1,0 +1,237 @@
+"""The operator surface: the `durable` command line run as a real subprocess,
+and the dashboard served over HTTP. Rows are created with
+`DurableClient.enqueue`, which writes the workflow row; no worker is needed.
+
+Each test runs on SQLite and on Postgres; the Postgres fixture fails (never
+skips) when it cannot start a server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from durable import DurableClient, Settings, Status
+from durable.dashboard import make_server, workflow_href
+from durable.schema import steps
+from tests.harness import REPO
+
+DURABLE_BIN = Path(sys.executable).parent / "durable"
+
+
+@dataclass
+class Env:
+    database_url: str
+    home: Path
+    client: DurableClient
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_")}
+        env.update(DURABLE_DATABASE_URL=self.database_url, DURABLE_HOME=str(self.home))
+        return subprocess.run(
+            [str(DURABLE_BIN), *args], env=env, cwd=str(REPO), capture_output=True, text=True, timeout=120
+        )
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def env(request, tmp_path: Path) -> Iterator[Env]:
+    assert DURABLE_BIN.exists(), f"{DURABLE_BIN} missing: pip install -e . into this venv"
+    home = tmp_path / "home"
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'x.sqlite3'}"
+    else:
+        url = request.getfixturevalue("create_pg_database")("cli")
+    # The embedded filesystem broker under `home` takes the published
+    # messages; nothing consumes them here.
+    client = DurableClient(settings=Settings(home=str(home), database_url=url))
+    yield Env(url, home, client)
+    client.store.db.dispose()
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr
+    return result.stdout
+
+
+def fails_cleanly(result: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert result.returncode == code, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stderr
+
+
+# --- command line ------------------------------------------------------------
+
+
+def test_migrate_then_list_show_cancel_resume_fork(env: Env) -> None:
+    assert "revision 0001" in ok(env.run("migrate"))
+    assert "revision 0001" in ok(env.run("migrate"))  # idempotent
+
+    a = env.client.enqueue("process_order", args=["o-1", 10.5], dedup_key="o-1", workflow_id="wf-a").workflow_id
+    b = env.client.enqueue("send_mail", kwargs={"to": "x@example.com"}, workflow_id="wf-b").workflow_id
+
+    listing = ok(env.run("workflows", "list"))
+    assert a in listing and b in listing and "process_order" in listing and "ENQUEUED" in listing
+    only_mail = ok(env.run("workflows", "list", "--name", "send_mail"))
+    assert b in only_mail and a not in only_mail
+    assert a not in ok(env.run("workflows", "list", "--status", "SUCCESS"))
+    assert len(ok(env.run("workflows", "list", "--limit", "1")).splitlines()) == 2  # header + one row
+
+    shown = ok(env.run("workflows", "show", a))
+    assert f"workflow {a}  process_order  ENQUEUED" in shown
+    assert '"o-1"' in shown and "10.5" in shown and "dedup_key o-1" in shown
+
+    assert f"cancelled: {a}" in ok(env.run("workflows", "cancel", a))
+    assert env.client.get(a).status is Status.CANCELLED
+    assert a in ok(env.run("workflows", "list", "--status", "CANCELLED"))
+    assert "nothing (already ended)" in ok(env.run("workflows", "cancel", a))
+
+    assert f"resumed {a}" in ok(env.run("workflows", "resume", a))
+    assert env.client.get(a).status is Status.ENQUEUED
+
+    forked = ok(env.run("workflows", "fork", a, "--from-step", "0"))
+    assert forked.startswith(f"forked {a} from step 0 as ")
+    new_id = forked.split(" as ")[1].strip()
+    copy = env.client.get(new_id)
+    assert copy.name == "process_order" and copy.status is Status.ENQUEUED
+    assert copy.inputs == env.client.get(a).inputs
+
+
+def test_bad_input_is_a_clear_error_not_a_traceback(env: Env) -> None:
+    ok(env.run("migrate"))
+    for action in ("show", "cancel", "resume"):
+        err = fails_cleanly(env.run("workflows", action, "no-such-workflow"))
+        assert "no-such-workflow" in err and "not found" in err
+    err = fails_cleanly(env.run("workflows", "fork", "no-such-workflow", "--from-step", "1"))
+    assert "not found" in err
+
+    wid = env.client.enqueue("process_order", workflow_id="wf-neg").workflow_id
+    err = fails_cleanly(env.run("workflows", "fork", wid, "--from-step", "-1"))
+    assert "from_step" in err
+
+    # argparse rejects malformed command lines with exit code 2 and a usage line
+    assert "invalid choice" in fails_cleanly(env.run("workflows", "list", "--status", "DONE"), code=2)
+    assert "--from-step" in fails_cleanly(env.run("workflows", "fork", wid), code=2)
+
+
+# --- dashboard ---------------------------------------------------------------
+
+
+@pytest.fixture
+def dashboard(env: Env) -> Iterator[str]:
+    server = make_server(env.client, host="127.0.0.1", port=0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def add_step(client: DurableClient, workflow_id: str, step_id: int, name: str, **values: object) -> None:
+    """A checkpoint row as a worker would have written it."""
+    now_ms = int(time.time() * 1000)
+    row = dict(workflow_id=workflow_id, step_id=step_id, name=name, status="SUCCESS", output="null",
+               attempts=1, crashes=0, started_at_ms=now_ms - 1500, completed_at_ms=now_ms)
+    row.update(values)
+    with client.store.db.begin() as conn:
+        conn.execute(steps.insert().values(**row))
+
+
+def test_dashboard_lists_by_status_and_escapes_user_data(env: Env, dashboard: str) -> None:
+    evil = env.client.enqueue("process_order", args=["<script>alert(1)</script>"], workflow_id="wf-evil")
+    env.client.enqueue("<img src=x onerror=alert(2)>", workflow_id="wf-evil-name")
+    done = env.client.enqueue("send_mail", workflow_id="wf-cancelled").workflow_id
+    env.client.cancel(done)
+
+    status, content_type, page = fetch(dashboard + "/")
+    assert status == 200 and content_type.startswith("text/html")
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;img src=x onerror=alert(2)&gt;" in page
+    assert 'href="/workflows/wf-evil"' in page and "wf-cancelled" in page
+
+    status, _, page = fetch(dashboard + "/?status=CANCELLED")
+    assert status == 200 and "wf-cancelled" in page and 'href="/workflows/wf-evil"' not in page
+    _, _, page = fetch(dashboard + "/?name=send_mail")
+    assert "wf-cancelled" in page and 'href="/workflows/wf-evil"' not in page
+
+    status, _, page = fetch(dashboard + workflow_href(evil.workflow_id))
+    assert status == 200
+    assert "<script>" not in page.split("</style>", 1)[1]
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+    status, _, api = fetch(dashboard + "/api/workflows?status=ENQUEUED")
+    body = json.loads(api)
+    assert status == 200 and body["counts"]["ENQUEUED"] == 2 and body["counts"]["CANCELLED"] == 1
+    assert {w["workflow_id"] for w in body["workflows"]} == {"wf-evil", "wf-evil-name"}
+
+    status, _, api = fetch(dashboard + "/api/workflows/wf-evil")
+    detail = json.loads(api)
+    assert status == 200 and detail["workflow"]["inputs"]["args"] == ["<script>alert(1)</script>"]
+    assert detail["workflow"]["status"] == "ENQUEUED" and detail["steps"] == []
+
+
+def test_dashboard_workflow_detail_shows_steps_crashes_and_children(env: Env, dashboard: str) -> None:
+    parent = env.client.enqueue("process_order", args=["o-9"], workflow_id="wf/parent 9").workflow_id
+    child = env.client.enqueue("charge_card", workflow_id="wf-child")
+    crash = json.dumps({"step": "charge", "attempt": 0, "cause": "Worker exited prematurely: signal 9 (SIGKILL)"})
+    add_step(env.client, parent, 0, "reserve_stock", output='{"ok":true}')
+    add_step(env.client, parent, 1, "charge", status="RETRYING", attempts=2, crashes=1, last_crash=crash,
+             output=None, completed_at_ms=None)
+    add_step(env.client, parent, 2, "charge_card", child_workflow_id=child.workflow_id)
+
+    status, _, page = fetch(dashboard + workflow_href(parent))
+    assert status == 200, page
+    for text in ("reserve_stock", "RETRYING", "signal 9 (SIGKILL)", "1.500s", "charge_card", "o-9"):
+        assert text in page
+    assert 'href="/workflows/wf-child"' in page
+
+    status, _, api = fetch(dashboard + "/api/workflows/" + workflow_href(parent).rsplit("/", 1)[1])
+    body = json.loads(api)
+    assert status == 200
+    assert [s["name"] for s in body["steps"]] == ["reserve_stock", "charge", "charge_card"]
+    assert body["steps"][1]["crashes"] == 1 and "SIGKILL" in body["steps"][1]["last_crash"]
+    assert body["steps"][2]["child_workflow_id"] == "wf-child"
+
+
+def test_dashboard_paginates_and_reports_unknown_workflows(env: Env, dashboard: str) -> None:
+    for i in range(5):
+        env.client.enqueue("bulk", args=[i], workflow_id=f"wf-{i}")
+        time.sleep(0.002)  # distinct created_at_ms: newest first is a stable order
+
+    _, _, page = fetch(dashboard + "/?limit=2")
+    assert "wf-4" in page and "wf-3" in page and "wf-2" not in page
+    assert "offset=2" in page and "newer" not in page
+    _, _, page = fetch(dashboard + "/?limit=2&offset=4")
+    assert "wf-0" in page and "wf-1" not in page and "older" not in page and "newer" in page
+    body = json.loads(fetch(dashboard + "/api/workflows?limit=2&offset=2")[2])
+    assert [w["workflow_id"] for w in body["workflows"]] == ["wf-2", "wf-1"] and body["more"] is True
+
+    status, _, page = fetch(dashboard + "/workflows/%3Cnope%3E")
+    assert status == 404 and "&lt;nope&gt;" in page and "<nope>" not in page
+    status, content_type, api = fetch(dashboard + "/api/workflows/nope")
+    assert status == 404 and content_type == "application/json" and "not found" in json.loads(api)["error"]
+    assert fetch(dashboard + "/?status=DONE")[0] == 400
+    assert fetch(dashboard + "/?limit=abc")[0] == 400
+    assert fetch(dashboard + "/nowhere")[0] == 404
