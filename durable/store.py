@@ -93,19 +93,23 @@ class Store:
     def insert_workflow(self, row: dict[str, Any], conn: Connection | None = None) -> StartResult:
         """Insert a workflow; an existing ID returns that workflow instead, a held
         dedup key raises DedupConflict. Both are decided by constraints."""
-        stmt = self._insert(workflows).values(**row).on_conflict_do_nothing(
-            index_elements=["workflow_id"]
+        # RETURNING, not rowcount: SQLAlchemy does not promise an INSERT's rowcount on every driver
+        stmt = (
+            self._insert(workflows)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["workflow_id"])
+            .returning(W.workflow_id)
         )
         try:
             if conn is not None:
                 with conn.begin_nested():
-                    inserted = conn.execute(stmt).rowcount
+                    inserted = conn.execute(stmt).first()
             else:
                 with self.db.begin() as c:
-                    inserted = c.execute(stmt).rowcount
+                    inserted = c.execute(stmt).first()
         except IntegrityError:
             raise DedupConflict(self.dedup_holder(row["queue"], row["dedup_key"])) from None
-        return StartResult(created=inserted == 1, workflow_id=row["workflow_id"])
+        return StartResult(created=inserted is not None, workflow_id=row["workflow_id"])
 
     def dedup_holder(self, queue: str, dedup_key: str | None) -> str | None:
         with self.db.begin() as conn:
@@ -239,7 +243,7 @@ class Store:
             index_elements=["workflow_id", "step_id"],
             set_={c: stmt.excluded[c] for c in updatable},
             where=S.status == StepStatus.RETRYING.value,
-        )
+        ).returning(S.step_id)
 
     def write_step(
         self, epoch: int, values: dict[str, Any], conn: Connection | None = None
@@ -249,9 +253,9 @@ class Store:
         params = {c: values.get(c) for c in _STEP_COLUMNS}
         params.update(fence_workflow_id=values["workflow_id"], fence_epoch=epoch)
         if conn is not None:
-            return conn.execute(self._fenced_step_upsert, params).rowcount == 1
+            return conn.execute(self._fenced_step_upsert, params).first() is not None
         with self.db.begin() as c:
-            return c.execute(self._fenced_step_upsert, params).rowcount == 1
+            return c.execute(self._fenced_step_upsert, params).first() is not None
 
     def step_row(self, workflow_id: str, step_id: int) -> dict[str, Any] | None:
         with self.db.begin() as conn:
