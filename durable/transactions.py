@@ -18,7 +18,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from sqlalchemy import BigInteger, Column, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text, select
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from . import serialization as ser
@@ -50,6 +51,8 @@ def check_transaction_signature(fn: Callable[..., Any]) -> None:
     """Reject at decoration time a function that cannot take the session."""
     if not callable(fn):
         raise TypeError(f"@transaction needs a function, got {fn!r}")
+    if inspect.iscoroutinefunction(fn):
+        raise TypeError(f"@transaction function {fn.__qualname__} must not be async: the session is synchronous")
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError) as exc:
@@ -70,7 +73,23 @@ def _is_retryable_conflict(exc: BaseException) -> bool:
     if not isinstance(exc, DBAPIError):
         return False
     sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return sqlstate in _RETRYABLE_SQLSTATES
+    # SQLite reports a busy writer instead of a serialization failure
+    return sqlstate in _RETRYABLE_SQLSTATES or "database is locked" in str(exc.orig).lower()
+
+
+def _call_in_session(conn: Any, step: "StepFunction", args: Any, kwargs: Any) -> Any:
+    """Run the function with a Session inside `conn`'s transaction. The session
+    works in a savepoint (so its own commit/rollback stay inside the step);
+    committing it releases the savepoint into the outer transaction, which
+    the caller commits together with the outcome. Closing a session with an
+    open savepoint would roll the user's writes back."""
+    session = Session(bind=conn, join_transaction_mode="create_savepoint")
+    try:
+        result = step.fn(session, *args, **kwargs)
+        session.commit()
+        return result
+    finally:
+        session.close()
 
 
 class _Unwritten(Exception):
@@ -89,7 +108,13 @@ class Transactions:
 
     def ensure_outputs_table(self) -> None:
         if self.separate and not self._outputs_ready:
-            outputs_metadata.create_all(self.app_db.engine, checkfirst=True)
+            try:
+                outputs_metadata.create_all(self.app_db.engine, checkfirst=True)
+            except DBAPIError:
+                # Another worker created it between our check and our CREATE
+                # (Postgres reports a duplicate pg_type row); fine if it exists now.
+                if not sa_inspect(self.app_db.engine).has_table(transaction_outputs.name):
+                    raise
             self._outputs_ready = True
 
     def run_outside(self, step: "StepFunction", args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -142,14 +167,11 @@ class Transactions:
         try:
             with engine.connect() as conn:
                 with conn.begin():
-                    session = Session(bind=conn, join_transaction_mode="create_savepoint")
-                    result = step.fn(session, *args, **kwargs)
-                    session.flush()
+                    result = _call_in_session(conn, step, args, kwargs)
                     output = ser.dumps(result)
                     values = {"workflow_id": execution.workflow_id, **success_values(output)}
                     if not execution.store.write_step(execution.epoch, values, conn=conn):
                         raise _Unwritten()
-                    session.close()
         except _Unwritten:
             return None, execution._diagnose_unwritten(values["step_id"])
         return result, None
@@ -166,18 +188,22 @@ class Transactions:
             engine = self.app_db.engine
             if step.isolation:
                 engine = engine.execution_options(isolation_level=step.isolation)  # type: ignore[assignment]
-            with engine.connect() as conn:
-                with conn.begin():
-                    session = Session(bind=conn, join_transaction_mode="create_savepoint")
-                    result = step.fn(session, *args, **kwargs)
-                    session.flush()
-                    output = ser.dumps(result)
-                    conn.execute(transaction_outputs.insert().values(
-                        workflow_id=execution.workflow_id, step_id=step_id, output=output,
-                        created_at_ms=int(time.time() * 1000),
-                    ))
-                    session.close()
-        else:
+            try:
+                with engine.connect() as conn:
+                    with conn.begin():
+                        result = _call_in_session(conn, step, args, kwargs)
+                        output = ser.dumps(result)
+                        conn.execute(transaction_outputs.insert().values(
+                            workflow_id=execution.workflow_id, step_id=step_id, output=output,
+                            created_at_ms=int(time.time() * 1000),
+                        ))
+            except IntegrityError:
+                # Another execution of this step committed first (its outputs
+                # row holds the key): our writes are rolled back, use its result.
+                recorded = self._recorded_output(execution.workflow_id, step_id)
+                if recorded is None:
+                    raise
+        if recorded is not None:
             output = recorded
             result = ser.loads(recorded)
         existing = execution._checkpoint(success_values(output))
