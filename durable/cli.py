@@ -36,7 +36,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Start a Celery worker for the project's app with durable's settings."""
-    argv = [sys.executable, "-m", "celery", "-A", args.app, "worker", *args.celery_args]
+    celery_args = list(args.celery_args)
+    if celery_args[:1] == ["--"]:  # argparse keeps the separator; celery would misread it
+        celery_args = celery_args[1:]
+    argv = [sys.executable, "-m", "celery", "-A", args.app, "worker", *celery_args]
     os.execv(sys.executable, argv)
     return 0  # not reached
 

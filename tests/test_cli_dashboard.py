@@ -235,3 +235,13 @@ def test_dashboard_paginates_and_reports_unknown_workflows(env: Env, dashboard: 
     assert fetch(dashboard + "/?status=DONE")[0] == 400
     assert fetch(dashboard + "/?limit=abc")[0] == 400
     assert fetch(dashboard + "/nowhere")[0] == 404
+
+
+def test_worker_wrapper_passes_options_after_double_dash_to_celery(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_")}
+    env.update(DURABLE_HOME=str(tmp_path), DURABLE_DATABASE_URL=f"sqlite:///{tmp_path / 'x.sqlite3'}")
+    result = subprocess.run(
+        [str(DURABLE_BIN), "worker", "--", "--help"], env=env, cwd=str(REPO),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert "--concurrency" in ok(result)
