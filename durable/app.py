@@ -80,20 +80,23 @@ class BoundStart(Generic[R]):
 
     def start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
         durable = self.workflow.durable
+        execution = current_execution()
+        as_child = execution is not None and current_step() is None
         row = new_workflow_row(
             durable.settings,
             name=self.workflow.name,
             args=args,
             kwargs=kwargs,
-            workflow_id=self.opts.workflow_id,
+            # a child's ID is derived from its parent's history: deterministic
+            workflow_id=self.opts.workflow_id or ("" if as_child else None),
             queue=self.opts.queue,
             dedup_key=self.opts.dedup_key,
             priority=self.opts.priority,
             timeout_seconds=self.opts.timeout,
             max_recovery_attempts=self.opts.max_recovery_attempts,
         )
-        execution = current_execution()
-        if execution is not None and current_step() is None:
+        if as_child:
+            assert execution is not None
             child_id = execution.start_child(row, self.workflow.name)
             return WorkflowHandle(child_id, durable)
         return start_workflow(durable, row, self.opts.on_duplicate)

@@ -95,12 +95,20 @@ class Runner:
         self.durable = durable
         self.leases = LeaseKeeper(durable.store, durable.settings.lease_seconds)
 
+    def _max_recovery_attempts(self, name: str) -> int:
+        workflow = self.durable.registry.get(name)
+        if workflow is not None and workflow.defaults.max_recovery_attempts is not None:
+            return workflow.defaults.max_recovery_attempts
+        return self.durable.settings.max_recovery_attempts
+
     def execute(self, workflow_id: str) -> str:
         store = self.durable.store
         owner = process_owner()
         lease_ms = int(self.durable.settings.lease_seconds * 1000)
         claim = retry_while_unavailable(
-            lambda: store.claim(workflow_id, owner, int(time.time() * 1000), lease_ms),
+            lambda: store.claim(
+                workflow_id, owner, int(time.time() * 1000), lease_ms, self._max_recovery_attempts
+            ),
             "claiming a workflow",
         )
         if claim is None:

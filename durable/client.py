@@ -52,16 +52,14 @@ def new_workflow_row(
     inputs = ser.dumps_inputs(tuple(args), dict(kwargs))
     now = _now_ms()
     return dict(
-        workflow_id=workflow_id or str(uuid.uuid4()),
+        workflow_id=str(uuid.uuid4()) if workflow_id is None else workflow_id,
         name=name,
         status=Status.ENQUEUED.value,
         queue=queue or settings.default_queue,
         dedup_key=dedup_key,
         priority=priority,
         inputs=inputs,
-        max_recovery_attempts=(
-            settings.max_recovery_attempts if max_recovery_attempts is None else max_recovery_attempts
-        ),
+        max_recovery_attempts=max_recovery_attempts,  # None: the workflow's own default
         # If this workflow's message is lost before anyone claims it, the
         # recovery sweeper publishes it again after this.
         redispatch_at_ms=now + int(settings.redelivery_seconds * 1000),
@@ -251,6 +249,12 @@ class Management:
         row = self.store.workflow_row(workflow_id)
         if row is None:
             raise WorkflowNotFoundError(workflow_id)
+        resumable = (Status.CANCELLED.value, Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value)
+        if row["status"] not in resumable:
+            raise ValueError(
+                f"workflow {workflow_id!r} is {row['status']}: only CANCELLED or "
+                "MAX_RECOVERY_ATTEMPTS_EXCEEDED workflows can be resumed (fork re-runs any workflow)"
+            )
         try:
             resumed = self.store.resume(workflow_id, _now_ms(), int(self.settings.redelivery_seconds * 1000))
         except DedupConflict as conflict:

@@ -59,7 +59,7 @@ class WorkflowStatus:
     dedup_key: str | None
     priority: int
     recovery_attempts: int
-    max_recovery_attempts: int
+    max_recovery_attempts: int | None  # None until first claimed: the workflow's default
     parent_workflow_id: str | None
     created_at: dt.datetime | None
     updated_at: dt.datetime | None

@@ -39,7 +39,8 @@ workflows = Table(
     Column("error", Text, nullable=True),
     Column("serialization", String(20), nullable=False, server_default="json-v1"),
     Column("recovery_attempts", Integer, nullable=False, server_default="0"),
-    Column("max_recovery_attempts", Integer, nullable=False),
+    # NULL: the workflow's own default, fixed by the first claim
+    Column("max_recovery_attempts", Integer, nullable=True),
     # The lease: who runs the workflow now, which execution (epoch), until when.
     Column("lease_owner", String(255), nullable=True),
     Column("lease_epoch", Integer, nullable=False, server_default="0"),

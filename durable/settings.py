@@ -80,10 +80,12 @@ class Settings:
         if not self.is_embedded_broker:
             return {}
         queue_dir = self.home_path / "broker"
-        queue_dir.mkdir(parents=True, exist_ok=True)
+        control_dir = queue_dir / "control"  # kombu's default is ./control
+        control_dir.mkdir(parents=True, exist_ok=True)
         return {
             "data_folder_in": str(queue_dir),
             "data_folder_out": str(queue_dir),
+            "control_folder": str(control_dir),
             "polling_interval": 0.1,
         }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import (
     Integer,
@@ -121,7 +121,14 @@ class Store:
 
     # --- the claim ---------------------------------------------------------
 
-    def claim(self, workflow_id: str, owner: str, now_ms: int, lease_ms: int) -> Claim | None:
+    def claim(
+        self,
+        workflow_id: str,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        default_max_recovery: Callable[[str], int] = lambda name: 10,
+    ) -> Claim | None:
         """Take the lease if nobody holds a live one. A previous execution that
         still held a lease was lost: that counts as a recovery, in the same
         statement; past max_recovery_attempts the workflow is quarantined."""
@@ -139,9 +146,13 @@ class Store:
                 return None  # a live execution holds it
             recovered = row["lease_owner"] is not None
             attempts = row["recovery_attempts"] + (1 if recovered else 0)
-            quarantine = recovered and attempts > row["max_recovery_attempts"]
+            max_recovery = row["max_recovery_attempts"]
+            if max_recovery is None:
+                max_recovery = default_max_recovery(row["name"])
+            quarantine = recovered and attempts > max_recovery
             values: dict[str, Any] = dict(
                 recovery_attempts=attempts,
+                max_recovery_attempts=max_recovery,
                 lease_epoch=row["lease_epoch"] + 1,
                 redispatch_at_ms=None,
                 updated_at_ms=now_ms,
@@ -178,7 +189,7 @@ class Store:
             inputs=row["inputs"],
             recovered=recovered,
             recovery_attempts=attempts,
-            max_recovery_attempts=row["max_recovery_attempts"],
+            max_recovery_attempts=max_recovery,
             queue=row["queue"],
             parent_workflow_id=row["parent_workflow_id"],
             deadline_at_ms=row["deadline_at_ms"],
@@ -520,7 +531,7 @@ class Store:
         return cancelled
 
     def resume(self, workflow_id: str, now_ms: int, redelivery_ms: int) -> bool:
-        """Make a cancelled, quarantined or failed workflow runnable again."""
+        """Make a cancelled or quarantined workflow runnable again."""
         try:
             with self.db.begin() as conn:
                 return conn.execute(

@@ -36,11 +36,10 @@ def _pg_bin(name: str) -> str:
     return candidates[-1]
 
 
-def _as_postgres_user() -> list[str]:
-    """Postgres refuses to run as root; run its programs as the postgres user."""
-    if os.geteuid() != 0:
-        return []
-    return ["runuser", "-u", "postgres", "--"]
+def _postgres_user() -> str | None:
+    """Postgres refuses to run as root: run its programs as the postgres user
+    (directly, not through runuser, so that its PID is the server's own)."""
+    return "postgres" if os.geteuid() == 0 else None
 
 
 def _wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen, what: str) -> None:
@@ -75,9 +74,9 @@ class Postgres:
             uid = pwd.getpwnam("postgres").pw_uid
             os.chown(self.directory, uid, -1)
         subprocess.run(
-            _as_postgres_user()
-            + [_pg_bin("initdb"), "-D", str(self.data), "-U", "durable", "--auth=trust", "-E", "UTF8", "--no-sync"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            [_pg_bin("initdb"), "-D", str(self.data), "-U", "durable", "--auth=trust", "-E", "UTF8", "--no-sync"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, user=_postgres_user(),
+            cwd=str(self.directory),
         )
 
     def start(self) -> "Postgres":
@@ -85,13 +84,13 @@ class Postgres:
             self.init()
         log = open(self.directory / "postgres.log", "ab")
         self.proc = subprocess.Popen(
-            _as_postgres_user()
-            + [
+            [
                 _pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
                 "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
                 "-c", "max_connections=300", "-c", "shared_buffers=128MB",
             ],
-            stdout=log, stderr=log, start_new_session=True,
+            stdout=log, stderr=log, start_new_session=True, user=_postgres_user(),
+            cwd=str(self.directory),
         )
         _wait_for_port(self.port, 30, self.proc, "postgres")
         self._wait_ready()

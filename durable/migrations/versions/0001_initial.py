@@ -29,7 +29,7 @@ def upgrade() -> None:
         sa.Column("error", sa.Text, nullable=True),
         sa.Column("serialization", sa.String(20), nullable=False, server_default="json-v1"),
         sa.Column("recovery_attempts", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("max_recovery_attempts", sa.Integer, nullable=False),
+        sa.Column("max_recovery_attempts", sa.Integer, nullable=True),
         sa.Column("lease_owner", sa.String(255), nullable=True),
         sa.Column("lease_epoch", sa.Integer, nullable=False, server_default="0"),
         sa.Column("lease_expires_at_ms", sa.BigInteger, nullable=True),
