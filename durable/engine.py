@@ -49,6 +49,11 @@ class Suspend(BaseException):
         self.wake_at_ms = wake_at_ms
 
 
+class _UseRecorded(Exception):
+    def __init__(self, row: dict[str, Any]):
+        self.row = row
+
+
 class Fenced(BaseException):
     """This execution no longer owns the workflow (cancelled, or its lease was
     taken over): stop without writing anything more."""
@@ -213,7 +218,11 @@ class Execution:
                 attempts += 1
                 errors.append(_attempt_error(exc, attempts))
                 if isinstance(exc, SerializationError) or not policy.should_retry(exc, attempts):
-                    raise self._step_failed(step, policy, step_id, exc, attempts, errors, started_ms)
+                    try:
+                        failure = self._step_failed(step, policy, step_id, exc, attempts, errors, started_ms)
+                    except _UseRecorded as recorded:  # another execution finished this step first
+                        return self._replay(recorded.row, self.workflow_id)
+                    raise failure
                 next_at = now_ms() + int(policy.delay_seconds(attempts) * 1000)
                 existing = self._checkpoint(dict(
                     step_id=step_id, name=step.name, status=StepStatus.RETRYING.value,
@@ -248,10 +257,7 @@ class Execution:
             started_at_ms=started_ms, completed_at_ms=now_ms(),
         ))
         if existing is not None:
-            try:
-                return ser.rebuild_error(ser.loads_error(existing["error"]) or {}, self.workflow_id)
-            except Exception:
-                pass
+            raise _UseRecorded(existing)
         return final
 
     # --- durable time -----------------------------------------------------------

@@ -152,3 +152,26 @@ def test_workflow_exception_ends_error_and_result_reraises(backend, worker_facto
         handle.result(timeout=60)
     assert handle.status().status is Status.ERROR
     assert handle.status().recovery_attempts == 0
+
+
+def test_flushed_redis_loses_no_workflow(create_pg_database, redis_url, effects_dir, tmp_path):
+    """Every broker message gone (FLUSHALL) while workflows are pending, running
+    and queued: the database is the truth and the sweeper publishes them again."""
+    import redis as redis_client
+
+    broker_url = redis_url.rsplit("/", 1)[0] + "/3"
+    backend = Backend("postgres", create_pg_database("flush"), broker_url, tmp_path / "home")
+    worker = Worker(backend.env(effects_dir), tmp_path / "worker.log", concurrency=1).start()
+    try:
+        client = client_for(backend)
+        running = client.enqueue("ten_steps", kwargs={"pause_seconds": 2.0, "slow_step": 2})
+        wait_for(lambda: any(k == "step2" for k, _, _ in effects(running.workflow_id)), 30, "step 2")
+        queued = [client.enqueue("ten_steps") for _ in range(5)]
+        redis_client.Redis.from_url(broker_url).flushall()
+        for handle in [running, *queued]:
+            assert handle.result(timeout=60)["sum"] == 385
+        for handle in queued:
+            ran = [k for k, _, _ in effects(handle.workflow_id)]
+            assert sorted(ran) == sorted(f"step{i}" for i in range(1, 11))
+    finally:
+        worker.stop()

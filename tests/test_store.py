@@ -1,0 +1,129 @@
+"""The store's contract, once per dialect (SQLite file, Postgres): constraints
+decide duplicates, the claim admits one execution, writes are fenced by the
+lease epoch, lost executions are counted and quarantined in the claim."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from durable.client import new_workflow_row
+from durable.database import Database
+from durable.records import Status
+from durable.schema import metadata
+from durable.settings import Settings
+from durable.store import DedupConflict, Store
+
+NOW = 1_800_000_000_000
+LEASE = 5_000
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.sqlite3'}"
+    else:
+        url = request.getfixturevalue("create_pg_database")("store")
+    return Store(Database(url))
+
+
+def new_row(**kw):
+    row = new_workflow_row(Settings(), "wf", [1], {}, **kw)
+    row["created_at_ms"] = row["updated_at_ms"] = NOW
+    row["redispatch_at_ms"] = NOW + 10_000
+    return row
+
+
+def step_values(workflow_id: str, step_id: int, status: str = "SUCCESS", **kw):
+    values = dict(workflow_id=workflow_id, step_id=step_id, name="s", status=status,
+                  output="1", attempts=1, started_at_ms=NOW)
+    values.update(kw)
+    return values
+
+
+def test_migrations_create_exactly_the_schema(store: Store):
+    store.db.migrate()
+    with store.db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    # the only table the migrations add beyond schema.py is Alembic's own
+    assert [d for d in diff if not (d[0] == "remove_table" and d[1].name == "durable_alembic_version")] == []
+
+
+def test_same_id_is_one_workflow_and_dedup_key_is_held_while_active(store: Store):
+    first = store.insert_workflow(new_row(workflow_id="a", dedup_key="k"))
+    again = store.insert_workflow(new_row(workflow_id="a", dedup_key="k"))
+    assert first.created and not again.created
+    with pytest.raises(DedupConflict) as conflict:
+        store.insert_workflow(new_row(workflow_id="b", dedup_key="k"))
+    assert conflict.value.holder_workflow_id == "a"
+    assert store.insert_workflow(new_row(workflow_id="c", dedup_key="k", queue="other")).created
+    store.cancel("a", NOW)
+    assert store.insert_workflow(new_row(workflow_id="b", dedup_key="k")).created
+
+
+def test_one_claim_wins_and_writes_are_fenced_by_epoch(store: Store):
+    store.insert_workflow(new_row(workflow_id="w"))
+    claim = store.claim("w", "owner-1", NOW, LEASE)
+    assert claim is not None and claim.epoch == 1 and not claim.recovered
+    assert store.claim("w", "owner-2", NOW + 1, LEASE) is None  # live lease
+    assert store.write_step(claim.epoch, step_values("w", 0))
+    assert not store.write_step(claim.epoch, step_values("w", 0, output="2"))  # final: never replaced
+    # the lease expires; a new execution takes over and the old one is fenced
+    taken = store.claim("w", "owner-2", NOW + LEASE + 1, LEASE)
+    assert taken is not None and taken.epoch == 2 and taken.recovered
+    assert taken.recovery_attempts == 1 and list(taken.steps) == [0]
+    assert not store.write_step(claim.epoch, step_values("w", 1))
+    assert store.write_step(taken.epoch, step_values("w", 1))
+    ended, _ = store.finish("w", claim.epoch, Status.SUCCESS, NOW, output="null")
+    assert not ended
+    assert store.finish("w", taken.epoch, Status.SUCCESS, NOW, output="null")[0]
+    assert store.claim("w", "owner-3", NOW + 10 * LEASE, LEASE) is None  # terminal
+
+
+def test_retrying_rows_advance_until_final(store: Store):
+    store.insert_workflow(new_row(workflow_id="r"))
+    claim = store.claim("r", "o", NOW, LEASE)
+    assert store.write_step(claim.epoch, step_values("r", 0, status="RETRYING", output=None))
+    assert store.write_step(claim.epoch, step_values("r", 0, status="RETRYING", output=None, attempts=2))
+    assert store.write_step(claim.epoch, step_values("r", 0, attempts=3))
+    (row,) = store.list_steps("r")
+    assert (row["status"], row["attempts"]) == ("SUCCESS", 3)
+
+
+def test_lost_executions_are_counted_then_quarantined(store: Store):
+    store.insert_workflow(new_row(workflow_id="q", max_recovery_attempts=1))
+    t = NOW
+    first = store.claim("q", "o", t, LEASE)
+    assert first.status == "PENDING"
+    t += LEASE + 1
+    second = store.claim("q", "o", t, LEASE)
+    assert second.recovered and second.recovery_attempts == 1 and second.status == "PENDING"
+    t += LEASE + 1
+    third = store.claim("q", "o", t, LEASE)
+    assert third.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value
+    row = store.workflow_row("q")
+    assert row["status"] == "MAX_RECOVERY_ATTEMPTS_EXCEEDED" and row["lease_owner"] is None
+
+
+def test_suspension_is_not_a_recovery_and_keeps_a_wakeup(store: Store):
+    store.insert_workflow(new_row(workflow_id="p"))
+    store.insert_workflow(new_row(workflow_id="s"))
+    claim = store.claim("s", "o", NOW, LEASE)
+    store.wake("s", NOW + 5)  # arrives while the execution still holds the lease
+    assert store.suspend("s", claim.epoch, None, NOW + 6) == NOW + 5
+    again = store.claim("s", "o", NOW + 7, LEASE)
+    assert again is not None and not again.recovered and again.recovery_attempts == 0
+
+
+def test_sweeper_finds_lost_messages_expired_leases_and_due_timers(store: Store):
+    store.insert_workflow(new_row(workflow_id="enqueued"))  # message lost: due at NOW + 10 s
+    store.insert_workflow(new_row(workflow_id="leased"))
+    store.claim("leased", "o", NOW, LEASE)
+    assert store.due_for_dispatch(NOW + 1, 3_000) == []
+    due = {r["workflow_id"] for r in store.due_for_dispatch(NOW + 10_001, 3_000)}
+    assert due == {"enqueued", "leased"}
+    # marked: the next sweep leaves them alone for a while
+    assert store.due_for_dispatch(NOW + 10_002, 3_000) == []
