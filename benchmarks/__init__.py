@@ -1,0 +1,1 @@
+"""Benchmarks: durable vs plain Celery chains vs DBOS Transact. See README.md."""
