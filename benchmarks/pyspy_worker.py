@@ -1,0 +1,78 @@
+"""Sample a real worker child with py-spy while it runs the throughput workload:
+
+    .venv/bin/python -m benchmarks.pyspy_worker [--workflows 500]
+
+Starts Postgres/Redis and one durable worker (prefork 2) like benchmarks.run,
+records one pool child with `py-spy record --format raw` (collapsed stacks)
+for the whole batch, and prints where the samples fall: leaf functions, and
+the share of stacks passing through each durable/ frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.run import Bench, child_pids, log
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--workflows", type=int, default=500)
+    a = p.parse_args(argv)
+    ns = argparse.Namespace(quick=True, only="", systems="durable", dbos_concurrency=1, dbos_poll=0.1, keep=False)
+    b = Bench(ns)
+    b.systems = ["durable"]
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(exist_ok=True)
+    raw = out / "pyspy-worker-child.txt"
+    spy = None
+    try:
+        b.start_servers()
+        w = b.start_workers("durable")
+        b.run_batch("durable", 4, 10, "warm-")
+        child = child_pids(w.pid)[0]
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(child), "-r", "250",
+                                "--format", "raw", "-o", str(raw), "--nonblocking"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1.0)
+        secs = b.run_batch("durable", a.workflows, 10, "spy-")
+        log(f"{a.workflows} workflows in {secs:.2f} s under py-spy")
+        spy.send_signal(2)
+        spy.wait(timeout=30)
+        b.stop_workers(w)
+    finally:
+        if spy is not None and spy.poll() is None:
+            spy.kill()
+            spy.wait()
+        b.shutdown()
+    leaf = collections.Counter()
+    through = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        n = int(n)
+        frames = stack.split(";")
+        total += n
+        leaf[frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1]] += n
+        for f in set(fr for fr in frames if "/durable/" in fr or "durable/" in fr.split(" (")[-1]):
+            through[f] += n
+    print(f"{total} samples")
+    print("top leaf frames:")
+    for f, n in leaf.most_common(20):
+        print(f"  {100 * n / total:5.1f}%  {f}")
+    print("share of samples under each durable/ frame:")
+    for f, n in through.most_common(20):
+        print(f"  {100 * n / total:5.1f}%  {f}")
+    print(f"collapsed stacks: {raw}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
