@@ -227,7 +227,7 @@ class Store:
         """The worker saw the process that held this lease die: let the
         redelivered message claim it at once, and remember how it died."""
         with self.db.begin() as conn:
-            return conn.execute(
+            expired = conn.execute(
                 update(workflows)
                 .where(
                     W.workflow_id == workflow_id,
@@ -236,6 +236,26 @@ class Store:
                 )
                 .values(lease_expires_at_ms=now_ms, last_death=death)
             ).rowcount == 1
+            if expired:
+                return True
+            # The report came late: the lease expired and a new execution took
+            # over first, noting the crash with an unknown cause. Fill it in.
+            conn.execute(update(workflows).where(W.workflow_id == workflow_id).values(last_death=death))
+            unknown = conn.execute(
+                select(S.step_id, S.last_crash).where(
+                    S.workflow_id == workflow_id, S.last_crash.is_not(None)
+                )
+            ).all()
+            for step_id, text_ in unknown:
+                crash = json.loads(text_)
+                if crash.get("cause") == "unknown":
+                    crash["cause"] = death
+                    conn.execute(
+                        update(steps)
+                        .where(S.workflow_id == workflow_id, S.step_id == step_id)
+                        .values(last_crash=json.dumps(crash))
+                    )
+            return False
 
     # --- checkpoints -------------------------------------------------------
 
