@@ -1,7 +1,7 @@
 """DBOS Transact baseline: one worker process, `python -m benchmarks.dbos_worker`.
 
 System database from BENCH_DBOS_URL; workflows run from the queue "bench"
-(worker_concurrency BENCH_DBOS_CONCURRENCY, polling every
+(worker_concurrency BENCH_DBOS_CONCURRENCY threads, polling every
 BENCH_DBOS_POLL seconds)."""
 
 from __future__ import annotations

@@ -689,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer workflows and rounds (~2 min)")
     p.add_argument("--only", default="", help="comma list of: throughput,recovery,replay,memory")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of: durable,celery,dbos")
-    p.add_argument("--dbos-concurrency", type=int, default=1, help="DBOS worker_concurrency per process (2 processes)")
+    p.add_argument("--dbos-concurrency", type=int, default=8,
+                   help="DBOS worker_concurrency per process (2 processes); with 1, one dequeue per poll caps DBOS at 2/poll wf/s")
     p.add_argument("--dbos-poll", type=float, default=0.1, help="DBOS queue polling interval, s (DBOS default 1.0)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
     return Bench(p.parse_args(argv)).run()
