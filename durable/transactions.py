@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from . import serialization as ser
-from .database import Database
+from .database import Database, is_unavailable
 
 if TYPE_CHECKING:
     from .app import Durable, StepFunction
@@ -141,19 +141,30 @@ class Transactions:
         """Run the function and commit its writes with the outcome. Returns
         (result, existing row written by another execution, or None)."""
         delay = 0.01
-        for attempt in range(_MAX_CONFLICT_RETRIES + 1):
+        conflicts = 0
+        outage_delay = 0.05
+        while True:
             try:
                 if self.separate:
                     return self._run_separate(execution, step, args, kwargs, success_values)
                 return self._run_same(execution, step, args, kwargs, success_values)
             except Exception as exc:
-                if attempt < _MAX_CONFLICT_RETRIES and _is_retryable_conflict(exc):
+                if conflicts < _MAX_CONFLICT_RETRIES and _is_retryable_conflict(exc):
+                    conflicts += 1
                     logger.info("transaction %s conflicted (%s); retrying", step.name, exc)
                     time.sleep(delay * (0.5 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
+                if is_unavailable(exc):
+                    # The database went away mid-transaction (restart, failover):
+                    # not the step's failure. Either nothing committed, or the
+                    # outcome did (then the re-run finds it and its own writes roll
+                    # back), so wait for the database and run the transaction again.
+                    logger.warning("database unavailable during transaction %s: %s", step.name, exc)
+                    time.sleep(outage_delay * (0.5 + random.random() / 2))
+                    outage_delay = min(outage_delay * 2, 2.0)
+                    continue
                 raise
-        raise AssertionError("unreachable")
 
     def _run_same(
         self, execution: "Execution", step: "StepFunction", args: Any, kwargs: Any,
