@@ -67,6 +67,8 @@ class Report:
     discarded_runs: int = 0
     zombie_runs_fenced: int = 0
     drain_seconds: float | None = None
+    drain_after_load_seconds: float | None = None
+    active_at_last_fault: int | None = None
     violations: list[str] = field(default_factory=list)
 
     def violate(self, message: str) -> None:
@@ -98,6 +100,7 @@ class Chaos:
         self.stop_load = threading.Event()
         self.lock = threading.RLock()
         self.stop_supervisor = threading.Event()
+        self.load_end: float | None = None
         self.frozen_pids: set[int] = set()
         self.disturbed_pids: set[int] = set()  # processes a fault killed or froze
 
@@ -231,6 +234,7 @@ class Chaos:
                 except Exception as exc:  # noqa: BLE001
                     self.report.violate(f"could not enqueue workflow {i}: {exc!r}")
         finally:
+            self.load_end = time.monotonic()
             self.enqueue_done.set()
 
     # --- faults -----------------------------------------------------------------
@@ -355,7 +359,7 @@ class Chaos:
                 "SELECT count(*) FROM durable_workflows WHERE status IN ('ENQUEUED', 'PENDING')"
             )).scalar()
 
-    def drain(self, timeout_s: float) -> bool:
+    def drain(self, timeout_s: float, what: str = "workflows") -> bool:
         deadline = time.monotonic() + timeout_s
         last_log = 0.0
         while time.monotonic() < deadline:
@@ -366,7 +370,7 @@ class Chaos:
             if active == 0 and self.enqueue_done.is_set():
                 return True
             if time.monotonic() - last_log > 10:
-                log(f"draining: {active} workflow(s) not terminal")
+                log(f"draining {what}: {active} workflow(s) not terminal")
                 last_log = time.monotonic()
             time.sleep(0.5)
         return False
@@ -567,7 +571,7 @@ class Chaos:
         self.start_workers()
         schedule = self.schedule()
         log("fault schedule: " + ", ".join(f"{t:.1f}s {k}" for t, k in schedule))
-        loader = threading.Thread(target=self.load_loop, args=(self.args.seconds * 0.85,), daemon=True)
+        loader = threading.Thread(target=self.load_loop, args=(self.args.seconds,), daemon=True)
         started = time.monotonic()
         loader.start()
         supervisor = threading.Thread(target=self.supervise_loop, daemon=True)
@@ -585,12 +589,18 @@ class Chaos:
             last_fault_end = time.monotonic()
             log(f"fault {sum(r.faults.values())}: {kind}: {what}")
         loader.join()
+        load_end = self.load_end or time.monotonic()
+        try:
+            r.active_at_last_fault = self.active_count()
+        except Exception:  # noqa: BLE001
+            pass
         log(f"load done ({len(self.enqueued)} enqueued); draining")
         drained = self.drain(self.args.drain_timeout)
         if drained:
             r.drain_seconds = time.monotonic() - last_fault_end
+            r.drain_after_load_seconds = time.monotonic() - load_end
             self.check_dedup_released()
-            if not self.drain(60):
+            if not self.drain(60, "dedup probes"):
                 r.violate("dedup re-enqueue probes did not finish")
         else:
             r.violate(f"not drained {self.args.drain_timeout}s after the load")
@@ -644,7 +654,9 @@ def print_report(r: Report) -> None:
           f"{r.fenced_writes})")
     print(f"workers that exited alone {r.worker_exits} (replaced by the driver's supervisor)")
     drain = "n/a" if r.drain_seconds is None else f"{r.drain_seconds:.1f}s"
-    print(f"drain after last fault    {drain}")
+    after_load = "n/a" if r.drain_after_load_seconds is None else f"{r.drain_after_load_seconds:.1f}s"
+    print(f"drain after last fault    {drain} ({r.active_at_last_fault} workflows not terminal at the "
+          f"last fault; all terminal {after_load} after the last enqueue)")
     print(f"invariant violations      {len(r.violations)}")
     for v in r.violations[:50]:
         print(f"  VIOLATION: {v}")
