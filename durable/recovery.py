@@ -25,15 +25,19 @@ if TYPE_CHECKING:
 logger = logging.getLogger("durable.recovery")
 
 
-def sweep_once(store: Store, dispatcher: "Dispatcher", settings: Settings, now_ms: int | None = None) -> int:
-    """One sweep; returns how many workflows it published."""
+def sweep_once(
+    store: Store, dispatcher: "Dispatcher", settings: Settings, now_ms: int | None = None,
+    expired_leases: bool = True,
+) -> int:
+    """One sweep; returns how many workflows it published. expired_leases=False
+    leaves workflows whose lease expired alone (see Sweeper._loop)."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     timed_out = store.expire_deadlines(
         now, ser.dumps_error(WorkflowTimeoutError("workflow passed its deadline and was cancelled"))
     )
     for workflow_id in timed_out:
         logger.warning("workflow %s passed its deadline: cancelled", workflow_id)
-    due = store.due_for_dispatch(now, int(settings.redelivery_seconds * 1000))
+    due = store.due_for_dispatch(now, int(settings.redelivery_seconds * 1000), expired_leases=expired_leases)
     for row in due:
         dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
     if due:
@@ -57,8 +61,23 @@ class Sweeper:
         self._thread.join(timeout=5)
 
     def _loop(self) -> None:
+        # While the database is down no execution can renew its lease, so
+        # leases expire although their executions live (and hold finished
+        # steps whose checkpoints wait for the database). After an outage,
+        # give them one lease period to renew before taking expired leases
+        # for lost ones; a really lost execution is recovered that much later.
+        outage = False
+        hold_until = 0.0
         while not self._stop.wait(self.settings.sweep_interval_seconds):
             try:
-                sweep_once(self.store, self.dispatcher, self.settings)
+                sweep_once(
+                    self.store, self.dispatcher, self.settings,
+                    expired_leases=time.monotonic() >= hold_until,
+                )
+                if outage:
+                    outage = False
+                    hold_until = time.monotonic() + self.settings.lease_seconds
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                outage = True
+                hold_until = float("inf")
                 logger.warning("recovery sweep failed: %s", exc)

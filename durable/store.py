@@ -418,7 +418,7 @@ class Store:
     # --- recovery ----------------------------------------------------------
 
     def due_for_dispatch(
-        self, now_ms: int, redelivery_ms: int, limit: int = 500
+        self, now_ms: int, redelivery_ms: int, limit: int = 500, expired_leases: bool = True
     ) -> list[dict[str, Any]]:
         """Workflows that need a message: timers due, wake-ups, messages lost
         before a claim, and leases that expired. Each is marked so that the next
@@ -432,7 +432,7 @@ class Store:
         due = and_(W.lease_owner.is_(None), W.redispatch_at_ms <= now_ms)
         candidates = (
             select(W.workflow_id)
-            .where(W.status.in_(ACTIVE_STATUSES), or_(due, lease_expired))
+            .where(W.status.in_(ACTIVE_STATUSES), or_(due, lease_expired) if expired_leases else due)
             .order_by(W.redispatch_at_ms)
             .limit(limit)
         )
