@@ -12,13 +12,16 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.harness import Backend
+from durable import DurableClient
+from tests.harness import FAST_RECOVERY, Backend, Worker
 from tests.servers import Postgres, Redis
+
+Server = TypeVar("Server", Postgres, Redis)
 
 
 @pytest.fixture(scope="session")
@@ -29,16 +32,22 @@ def scratch_dir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres(scratch_dir: Path) -> Iterator[Postgres | None]:
-    if os.environ.get("DURABLE_TEST_PG_PORT"):
+def _own_server(server: Server, running_one: str) -> Iterator[Server | None]:
+    """Starts `server` and stops it at the end, unless the environment
+    variable `running_one` names a server already running."""
+    if os.environ.get(running_one):
         yield None
         return
-    server = Postgres(scratch_dir / "pg").start()
+    server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(scratch_dir: Path) -> Iterator[Postgres | None]:
+    yield from _own_server(Postgres(scratch_dir / "pg"), "DURABLE_TEST_PG_PORT")
 
 
 @pytest.fixture(scope="session")
@@ -67,14 +76,7 @@ def create_pg_database(postgres_port: int):
 
 @pytest.fixture(scope="session")
 def redis_server(scratch_dir: Path) -> Iterator[Redis | None]:
-    if os.environ.get("DURABLE_TEST_REDIS_URL"):
-        yield None
-        return
-    server = Redis(scratch_dir / "redis").start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _own_server(Redis(scratch_dir / "redis"), "DURABLE_TEST_REDIS_URL")
 
 
 @pytest.fixture(scope="session")
@@ -84,18 +86,48 @@ def redis_url(redis_server: Redis | None) -> str:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request, tmp_path: Path) -> Backend:
-    """The contract suite runs once per store dialect: SQLite with the embedded
-    filesystem broker, and Postgres with Redis."""
-    home = tmp_path / "home"
+    """Tests that take a backend run once per store dialect: SQLite with the
+    embedded filesystem broker, and Postgres with Redis. A module that needs
+    Postgres overrides it with a `backend` fixture returning `pg_backend`."""
     if request.param == "sqlite":
+        home = tmp_path / "home"
         return Backend("sqlite", f"sqlite:///{home / 'durable.sqlite3'}", "filesystem://", home)
-    database_url = request.getfixturevalue("create_pg_database")("contract")
-    broker_url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/1"
-    # tests run one at a time: an empty broker database keeps them apart
+    return request.getfixturevalue("pg_backend")
+
+
+@pytest.fixture
+def pg_backend(request, create_pg_database, redis_url: str, tmp_path: Path) -> Backend:
+    """A fresh Postgres database, named after the test module, and an empty
+    Redis database as the broker: tests run one at a time, so that keeps them apart."""
     import redis as redis_client
 
+    broker_url = redis_url.rsplit("/", 1)[0] + "/1"
     redis_client.Redis.from_url(broker_url).flushdb()
-    return Backend("postgres", database_url, broker_url, home)
+    suite = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return Backend("postgres", create_pg_database(suite), broker_url, tmp_path / "home")
+
+
+@pytest.fixture
+def client(backend: Backend) -> DurableClient:
+    """A client in the test process, republishing lost messages as soon as the workers do."""
+    return backend.client(redelivery_seconds=float(FAST_RECOVERY["DURABLE_REDELIVERY_SECONDS"]))
+
+
+@pytest.fixture
+def start_worker(backend: Backend, effects_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Starts a worker on the test's backend (keywords: environment overrides)
+    and waits until it is ready; every worker started is stopped at the end."""
+    started: list[Worker] = []
+
+    def start(concurrency: int = 2, **env: str) -> Worker:
+        worker = Worker(backend.env(effects_dir, **env), tmp_path / f"worker{len(started)}.log",
+                        concurrency=concurrency)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
 
 
 @pytest.fixture

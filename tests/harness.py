@@ -10,9 +10,19 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+from durable import DurableClient, Settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Timings that make a lost execution recovered, and a lost message
+# republished, within seconds: the workers' environment in every suite.
+FAST_RECOVERY = {
+    "DURABLE_LEASE_SECONDS": "2",
+    "DURABLE_SWEEP_INTERVAL_SECONDS": "0.5",
+    "DURABLE_REDELIVERY_SECONDS": "3",
+}
 
 
 @dataclass
@@ -33,14 +43,20 @@ class Backend:
             DURABLE_BROKER_URL=self.broker_url,
             DURABLE_IMPORTS="tests.workflows,tests.failure_workflows,tests.tx_workflows,examples.user_pipeline.workflows",
             DURABLE_TEST_EFFECTS_DIR=str(effects_dir),
-            DURABLE_LEASE_SECONDS="2",
-            DURABLE_SWEEP_INTERVAL_SECONDS="0.5",
-            DURABLE_REDELIVERY_SECONDS="3",
             PYTHONPATH=str(REPO),
         )
+        env.update(FAST_RECOVERY)
         env.update(self.extra_env)
         env.update(overrides)
         return env
+
+    def settings(self, **overrides: Any) -> Settings:
+        """Settings for this process (a client): the backend's database, broker and home."""
+        settings = Settings(home=str(self.home), database_url=self.database_url, broker_url=self.broker_url)
+        return settings.with_overrides(**overrides)
+
+    def client(self, **overrides: Any) -> DurableClient:
+        return DurableClient(settings=self.settings(**overrides))
 
 
 class Worker:
@@ -131,11 +147,17 @@ def child_pids(pid: int) -> list[int]:
     return sorted(found)
 
 
-def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05) -> object:
+class WaitTimeout(AssertionError, TimeoutError):
+    """A condition not met in time: a failed assertion in a test, a
+    TimeoutError to the benchmarks, which poll with wait_for too."""
+
+
+def wait_for(condition: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05) -> Any:
+    """Polls `condition` until it returns something true, and returns that."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         time.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    raise WaitTimeout(f"timed out after {timeout_s}s waiting for {what}")

@@ -8,42 +8,17 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from durable import DurableClient, Settings, Status
+from durable import Status
 from durable.errors import SerializationError
-from tests.harness import Backend, Worker, wait_for
+from tests.harness import wait_for
 from tests.workflows import effects
 
 
-def client_for(backend: Backend) -> DurableClient:
-    return DurableClient(
-        settings=Settings(
-            home=str(backend.home), database_url=backend.database_url, broker_url=backend.broker_url,
-            redelivery_seconds=3,
-        )
-    )
-
-
-@pytest.fixture
-def worker_factory(backend: Backend, effects_dir: Path, tmp_path: Path):
-    started: list[Worker] = []
-
-    def start(**kwargs) -> Worker:
-        worker = Worker(backend.env(effects_dir), tmp_path / f"worker{len(started)}.log", **kwargs)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
-def test_ten_step_workflow_started_from_another_process(backend, worker_factory, effects_dir):
-    worker_factory()
-    client = client_for(backend)
+def test_ten_step_workflow_started_from_another_process(client, start_worker, effects_dir):
+    start_worker()
     handle = client.enqueue("ten_steps")
     result = handle.result(timeout=60)
     assert result == {"sum": sum(i * i for i in range(1, 11)), "squares": [i * i for i in range(1, 11)]}
@@ -56,9 +31,8 @@ def test_ten_step_workflow_started_from_another_process(backend, worker_factory,
     assert [k for k, _, _ in effects(handle.workflow_id)] == [f"step{i}" for i in range(1, 11)]
 
 
-def test_sigkill_of_prefork_child_during_step_5(backend, worker_factory, effects_dir):
-    worker = worker_factory()
-    client = client_for(backend)
+def test_sigkill_of_prefork_child_during_step_5(client, start_worker, effects_dir):
+    worker = start_worker()
     handle = client.enqueue("ten_steps", kwargs={"pause_seconds": 30.0, "slow_step": 5})
     wait_for(lambda: any(k == "step5" for k, _, _ in effects(handle.workflow_id)), 60, "step 5 to start")
     (_, child_pid, _), = [e for e in effects(handle.workflow_id) if e[0] == "step5"]
@@ -85,14 +59,13 @@ def test_sigkill_of_prefork_child_during_step_5(backend, worker_factory, effects
     assert "SIGKILL" in crash["cause"] or crash["cause"] == "unknown", crash
 
 
-def test_sigkill_of_whole_worker_recovers_within_lease_and_sweep(backend, worker_factory, effects_dir):
-    first = worker_factory()
-    client = client_for(backend)
+def test_sigkill_of_whole_worker_recovers_within_lease_and_sweep(client, start_worker, effects_dir):
+    first = start_worker()
     handle = client.enqueue("ten_steps", kwargs={"pause_seconds": 3.0, "slow_step": 3})
     wait_for(lambda: any(k == "step3" for k, _, _ in effects(handle.workflow_id)), 60, "step 3 to start")
     first.kill_all()
     killed_at = time.monotonic()
-    worker_factory()  # waits until ready
+    start_worker()  # waits until ready
     result = handle.result(timeout=60)
     elapsed = time.monotonic() - killed_at
     assert result["sum"] == sum(i * i for i in range(1, 11))
@@ -104,9 +77,8 @@ def test_sigkill_of_whole_worker_recovers_within_lease_and_sweep(backend, worker
     assert handle.status().recovery_attempts == 1
 
 
-def test_start_twice_with_one_workflow_id_runs_once(backend, worker_factory, effects_dir):
-    worker_factory()
-    client = client_for(backend)
+def test_start_twice_with_one_workflow_id_runs_once(client, start_worker, effects_dir):
+    start_worker()
     first = client.enqueue("ten_steps", workflow_id="same-id")
     second = client.enqueue("ten_steps", workflow_id="same-id")
     assert first.workflow_id == second.workflow_id == "same-id"
@@ -115,9 +87,8 @@ def test_start_twice_with_one_workflow_id_runs_once(backend, worker_factory, eff
     assert sorted(ran) == sorted(f"step{i}" for i in range(1, 11))
 
 
-def test_duplicate_delivery_at_once_runs_each_step_once(backend, worker_factory, effects_dir):
-    worker_factory(concurrency=2)
-    client = client_for(backend)
+def test_duplicate_delivery_at_once_runs_each_step_once(client, start_worker, effects_dir):
+    start_worker(concurrency=2)
     handle = client.enqueue("ten_steps", kwargs={"pause_seconds": 1.0, "slow_step": 2})
     # the same message, published again while the first delivery runs
     for _ in range(3):
@@ -128,16 +99,14 @@ def test_duplicate_delivery_at_once_runs_each_step_once(backend, worker_factory,
     assert sorted(ran) == sorted(f"step{i}" for i in range(1, 11)), ran
 
 
-def test_unserializable_argument_writes_nothing(backend):
-    client = client_for(backend)
+def test_unserializable_argument_writes_nothing(client):
     with pytest.raises(SerializationError, match="threading.Lock|lock"):
         client.enqueue("ten_steps", args=[threading.Lock()], workflow_id="never-written")
     assert client.list_workflows() == []
 
 
-def test_unknown_workflow_is_recorded_and_worker_keeps_serving(backend, worker_factory, effects_dir):
-    worker_factory()
-    client = client_for(backend)
+def test_unknown_workflow_is_recorded_and_worker_keeps_serving(client, start_worker, effects_dir):
+    start_worker()
     bad = client.enqueue("no_such_workflow", args=[1])
     with pytest.raises(Exception, match="no_such_workflow"):
         bad.result(timeout=60)
@@ -148,9 +117,8 @@ def test_unknown_workflow_is_recorded_and_worker_keeps_serving(backend, worker_f
     assert good.result(timeout=60)["sum"] == 385
 
 
-def test_workflow_exception_ends_error_and_result_reraises(backend, worker_factory):
-    worker_factory()
-    client = client_for(backend)
+def test_workflow_exception_ends_error_and_result_reraises(client, start_worker):
+    start_worker()
     handle = client.enqueue("fails", args=["boom"])
     with pytest.raises(ValueError, match="boom"):
         handle.result(timeout=60)
@@ -158,24 +126,19 @@ def test_workflow_exception_ends_error_and_result_reraises(backend, worker_facto
     assert handle.status().recovery_attempts == 0
 
 
-def test_flushed_redis_loses_no_workflow(create_pg_database, redis_url, effects_dir, tmp_path):
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_flushed_redis_loses_no_workflow(backend, client, start_worker, effects_dir):
     """Every broker message gone (FLUSHALL) while workflows are pending, running
     and queued: the database is the truth and the sweeper publishes them again."""
     import redis as redis_client
 
-    broker_url = redis_url.rsplit("/", 1)[0] + "/3"
-    backend = Backend("postgres", create_pg_database("flush"), broker_url, tmp_path / "home")
-    worker = Worker(backend.env(effects_dir), tmp_path / "worker.log", concurrency=1).start()
-    try:
-        client = client_for(backend)
-        running = client.enqueue("ten_steps", kwargs={"pause_seconds": 2.0, "slow_step": 2})
-        wait_for(lambda: any(k == "step2" for k, _, _ in effects(running.workflow_id)), 30, "step 2")
-        queued = [client.enqueue("ten_steps") for _ in range(5)]
-        redis_client.Redis.from_url(broker_url).flushall()
-        for handle in [running, *queued]:
-            assert handle.result(timeout=60)["sum"] == 385
-        for handle in queued:
-            ran = [k for k, _, _ in effects(handle.workflow_id)]
-            assert sorted(ran) == sorted(f"step{i}" for i in range(1, 11))
-    finally:
-        worker.stop()
+    start_worker(concurrency=1)
+    running = client.enqueue("ten_steps", kwargs={"pause_seconds": 2.0, "slow_step": 2})
+    wait_for(lambda: any(k == "step2" for k, _, _ in effects(running.workflow_id)), 30, "step 2")
+    queued = [client.enqueue("ten_steps") for _ in range(5)]
+    redis_client.Redis.from_url(backend.broker_url).flushall()
+    for handle in [running, *queued]:
+        assert handle.result(timeout=60)["sum"] == 385
+    for handle in queued:
+        ran = [k for k, _, _ in effects(handle.workflow_id)]
+        assert sorted(ran) == sorted(f"step{i}" for i in range(1, 11))

@@ -5,53 +5,26 @@ deduplication keys, cancellation of awaited children."""
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from durable import DurableClient, Settings, Status
+from durable import Status
 from durable.errors import (
     AwaitedWorkflowCancelledError,
     AwaitedWorkflowMaxRecoveryAttemptsExceededError,
     DuplicateWorkflowError,
 )
-from tests.harness import Backend, Worker, wait_for
+from tests.harness import Backend, wait_for
 from tests.workflows import effects
 
 
 @pytest.fixture
-def pg_backend(create_pg_database, redis_url, tmp_path: Path) -> Backend:
-    import redis as redis_client
-
-    broker_url = redis_url.rsplit("/", 1)[0] + "/2"
-    redis_client.Redis.from_url(broker_url).flushdb()
-    return Backend("postgres", create_pg_database("failures"), broker_url, tmp_path / "home")
-
-
-@pytest.fixture
-def client(pg_backend: Backend) -> DurableClient:
-    return DurableClient(settings=Settings(
-        home=str(pg_backend.home), database_url=pg_backend.database_url,
-        broker_url=pg_backend.broker_url, redelivery_seconds=3,
-    ))
-
-
-@pytest.fixture
-def start_worker(pg_backend: Backend, effects_dir: Path, tmp_path: Path):
-    started: list[Worker] = []
-
-    def start(concurrency: int = 2, **env: str) -> Worker:
-        worker = Worker(pg_backend.env(effects_dir, **env), tmp_path / f"worker{len(started)}.log",
-                        concurrency=concurrency)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
+def backend(pg_backend: Backend) -> Backend:
+    """This suite runs on Postgres and Redis only."""
+    return pg_backend
 
 
 def test_step_failing_twice_then_succeeding_follows_its_backoff(client, start_worker, effects_dir):

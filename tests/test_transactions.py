@@ -4,58 +4,38 @@ separate application database."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from sqlalchemy import create_engine, func, inspect, select
+from sqlalchemy import create_engine, inspect, select
 
 from durable import Durable, DurableClient, Settings, Status
-from tests.harness import Backend, Worker
+from tests.harness import Backend
 from tests.tx_workflows import counters, metadata, tx_rows
 from tests.workflows import effects
 
 
 @pytest.fixture
-def pg_backend(create_pg_database, redis_url, tmp_path: Path) -> Backend:
-    import redis as redis_client
-
-    broker_url = redis_url.rsplit("/", 1)[0] + "/2"
-    redis_client.Redis.from_url(broker_url).flushdb()
-    return Backend("postgres", create_pg_database("tx"), broker_url, tmp_path / "home")
+def backend(pg_backend: Backend) -> Backend:
+    """This suite runs on Postgres and Redis only."""
+    return pg_backend
 
 
 @pytest.fixture(params=["same", "separate"])
-def app_database_url(request, pg_backend: Backend, create_pg_database) -> str:
+def app_database_url(request, backend: Backend, create_pg_database) -> str:
     """The application tables live in the system database, or in another
     database on the same server (DURABLE_APP_DATABASE_URL)."""
-    url = pg_backend.database_url if request.param == "same" else create_pg_database("app")
+    url = backend.database_url if request.param == "same" else create_pg_database("app")
     engine = create_engine(url)
     metadata.create_all(engine)
     engine.dispose()
     if request.param == "separate":
-        pg_backend.extra_env["DURABLE_APP_DATABASE_URL"] = url
+        backend.extra_env["DURABLE_APP_DATABASE_URL"] = url
     return url
 
 
 @pytest.fixture
-def workers(pg_backend: Backend, effects_dir: Path, tmp_path: Path):
-    started: list[Worker] = []
-
-    def start(**kwargs) -> Worker:
-        worker = Worker(pg_backend.env(effects_dir), tmp_path / f"worker{len(started)}.log", **kwargs)
-        started.append(worker)
-        return worker.start()
-
-    yield start
-    for worker in started:
-        worker.stop()
-
-
-@pytest.fixture
-def client(pg_backend: Backend) -> DurableClient:
-    return DurableClient(settings=Settings(
-        home=str(pg_backend.home), database_url=pg_backend.database_url, broker_url=pg_backend.broker_url,
-    ))
+def client(backend: Backend) -> DurableClient:
+    """Unlike the other suites', this client keeps the default redelivery delay."""
+    return backend.client()
 
 
 def rows_for(url: str, key: str) -> list[int]:
@@ -67,9 +47,9 @@ def rows_for(url: str, key: str) -> list[int]:
 
 
 def test_committed_transaction_is_not_run_again_after_kill_before_ack(
-    pg_backend, app_database_url, workers, client, effects_dir
+    backend, app_database_url, start_worker, client, effects_dir
 ):
-    workers()
+    start_worker()
     handle = client.enqueue("write_then_die", args=["k1"])
     assert handle.result(timeout=60) == {"written": 5, "after": "survived"}
     # the process died after the commit; the replay took the checkpoint
@@ -82,12 +62,12 @@ def test_committed_transaction_is_not_run_again_after_kill_before_ack(
     assert [(s.name, s.status, s.attempts, s.output) for s in steps[:1]] == [("insert_rows", "SUCCESS", 1, 5)]
 
 
-def test_separate_app_database_records_outputs_there(pg_backend, create_pg_database, workers, client, effects_dir):
+def test_separate_app_database_records_outputs_there(backend, create_pg_database, start_worker, client, effects_dir):
     app_url = create_pg_database("app")
     engine = create_engine(app_url)
     metadata.create_all(engine)
-    pg_backend.extra_env["DURABLE_APP_DATABASE_URL"] = app_url
-    workers()
+    backend.extra_env["DURABLE_APP_DATABASE_URL"] = app_url
+    start_worker()
     handle = client.enqueue("write_then_die", args=["k2"])
     assert handle.result(timeout=60)["written"] == 5
     with engine.connect() as conn:
@@ -98,15 +78,15 @@ def test_separate_app_database_records_outputs_there(pg_backend, create_pg_datab
     assert [tuple(r) for r in outputs] == [(handle.workflow_id, 0, "5")]
     assert rows_for(app_url, "k2") == [0, 1, 2, 3, 4]
     # nothing of the application's landed in the system database
-    system = create_engine(pg_backend.database_url)
+    system = create_engine(backend.database_url)
     assert not inspect(system).has_table("tx_rows")
     system.dispose()
 
 
 def test_failed_attempt_rolls_back_its_writes_and_the_retry_writes_once(
-    pg_backend, app_database_url, workers, client, effects_dir
+    backend, app_database_url, start_worker, client, effects_dir
 ):
-    workers()
+    start_worker()
     handle = client.enqueue("fail_once_workflow", args=["k3"])
     assert handle.result(timeout=60) == 2
     assert [k for k, _, _ in effects(handle.workflow_id)] == ["insert_then_fail_once"] * 2
@@ -115,8 +95,8 @@ def test_failed_attempt_rolls_back_its_writes_and_the_retry_writes_once(
     assert (step.status, step.attempts) == ("SUCCESS", 2)
 
 
-def test_error_rolls_back_everything_and_fails_like_a_step(pg_backend, app_database_url, workers, client):
-    workers()
+def test_error_rolls_back_everything_and_fails_like_a_step(backend, app_database_url, start_worker, client):
+    start_worker()
     handle = client.enqueue("always_fail_workflow", args=["k4"])
     with pytest.raises(ValueError, match="bad row for k4"):
         handle.result(timeout=60)
@@ -126,12 +106,12 @@ def test_error_rolls_back_everything_and_fails_like_a_step(pg_backend, app_datab
     assert (step.name, step.status, step.attempts) == ("insert_then_fail", "ERROR", 1)
 
 
-def test_serialization_failures_are_retried(pg_backend, workers, client, effects_dir):
-    engine = create_engine(pg_backend.database_url)
+def test_serialization_failures_are_retried(backend, start_worker, client, effects_dir):
+    engine = create_engine(backend.database_url)
     metadata.create_all(engine)
     with engine.begin() as conn:
         conn.execute(counters.insert().values(name="c", value=0))
-    workers(concurrency=2)
+    start_worker(concurrency=2)
     # two SERIALIZABLE read-pause-write transactions at once: one must conflict
     handles = [client.enqueue("increment_workflow", args=["c", 1.0]) for _ in range(2)]
     assert sorted(h.result(timeout=60) for h in handles) == [1, 2]
@@ -145,8 +125,8 @@ def test_serialization_failures_are_retried(pg_backend, workers, client, effects
         assert (step.status, step.attempts) == ("SUCCESS", 1)  # a conflict is not a failed attempt
 
 
-def test_idempotency_key_is_stable_across_retries_and_recovery(pg_backend, workers, client, effects_dir):
-    workers()
+def test_idempotency_key_is_stable_across_retries_and_recovery(backend, start_worker, client, effects_dir):
+    start_worker()
     handle = client.enqueue("idempotency_workflow")
     wid = handle.workflow_id
     assert handle.result(timeout=60) == [f"{wid}:0", f"{wid}:1"]

@@ -9,30 +9,15 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, func, select
 
-from durable import DurableClient, Settings
+from durable import DurableClient
 from examples.user_pipeline import run as pipeline
 from examples.user_pipeline.workflows import users
+from tests.harness import FAST_RECOVERY, Backend
 
-FAST_RECOVERY = {
-    "DURABLE_LEASE_SECONDS": "2",
-    "DURABLE_SWEEP_INTERVAL_SECONDS": "0.5",
-    "DURABLE_REDELIVERY_SECONDS": "3",
-}
-
-
-def fresh_settings(create_pg_database, redis_url: str, tmp_path: Path) -> Settings:
-    import redis as redis_client
-
-    broker_url = redis_url.rsplit("/", 1)[0] + "/3"
-    redis_client.Redis.from_url(broker_url).flushdb()
-    return Settings(home=str(tmp_path / "home"), database_url=create_pg_database("pipeline"),
-                    broker_url=broker_url)
-
-
-def test_plain_step_pipeline_duplicates_users(create_pg_database, redis_url, tmp_path: Path):
+def test_plain_step_pipeline_duplicates_users(pg_backend: Backend, tmp_path: Path):
     """The contrast: a plain step commits its page, then fails; its retry
     inserts the page again. Every user is there, many of them twice."""
-    settings = fresh_settings(create_pg_database, redis_url, tmp_path)
+    settings = pg_backend.settings()
     report = pipeline.run("plain", settings, pause_seconds=0.0, timeout_seconds=60, log_dir=tmp_path,
                           extra_env=FAST_RECOVERY)
     assert report.status == "SUCCESS" and report.result == 1000, report
@@ -48,8 +33,8 @@ def test_plain_step_pipeline_duplicates_users(create_pg_database, redis_url, tmp
     assert report.rows == 1000 + 10 * failed_attempts, report
 
 
-def test_transaction_pipeline_under_sigkills_writes_each_user_once(create_pg_database, redis_url, tmp_path: Path):
-    settings = fresh_settings(create_pg_database, redis_url, tmp_path)
+def test_transaction_pipeline_under_sigkills_writes_each_user_once(pg_backend: Backend, tmp_path: Path):
+    settings = pg_backend.settings()
     report = pipeline.run(
         "transaction", settings, workers=2, concurrency=2, chaos_seconds=20, pause_seconds=0.1,
         timeout_seconds=70, log_dir=tmp_path, extra_env=FAST_RECOVERY,
