@@ -13,6 +13,7 @@ Every process it starts is stopped by its PID.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shutil
@@ -29,7 +30,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.harness import Worker, child_pids  # noqa: E402
+from tests.harness import Worker, child_pids, wait_for  # noqa: E402
 from tests.servers import Postgres, Redis  # noqa: E402
 
 PY = sys.executable
@@ -53,13 +54,8 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: float = 0.02) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s: {what}")
+    """tests.harness.wait_for, polling every 20 ms unless told; raises a TimeoutError."""
+    return wait_for(cond, timeout, what, interval)
 
 
 def rss_kb(pid: int) -> int:
@@ -70,24 +66,6 @@ def rss_kb(pid: int) -> int:
     except OSError:
         pass
     return 0
-
-
-def _stop_by_pid(pid: int, sig: int, timeout: float = 20) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 class QuietWorker(Worker):
@@ -191,10 +169,11 @@ class Bench:
         log(f"postgres :{self.pg.port} (pid {self.pg.proc.pid}), redis :{self.redis.port} (pid {self.redis.proc.pid})")
 
         os.environ.update(self.base_env())
-        from workers.app import dur  # noqa: F401 - reads the environment set above
-        import benchmarks.workloads  # noqa: F401
+        from workers.app import dur  # reads the environment set above
         from durable import DurableClient
         import psycopg
+
+        importlib.import_module("benchmarks.workloads")  # registers the bench.* workflows on dur
 
         self.dur = dur
         self.dur.migrate()
@@ -247,21 +226,9 @@ class Bench:
         if self.redis:
             self.redis.stop()
         if self.pg:
-            # Run as root, tests/servers.py starts postgres under runuser and
-            # signals runuser's PID, which can leave the postmaster behind:
-            # stop the postmaster itself, by the PID in its postmaster.pid.
-            postmaster = self._postmaster_pid()
             self.pg.stop()
-            if postmaster:
-                _stop_by_pid(postmaster, signal.SIGINT)
         if not self.args.keep:
             shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def _postmaster_pid(self) -> int | None:
-        try:
-            return int((self.pg.data / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
 
     def dbos_client(self) -> Any:
         if not hasattr(self, "_dbos_client"):
