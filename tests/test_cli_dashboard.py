@@ -30,6 +30,15 @@ from tests.harness import REPO
 DURABLE_BIN = Path(sys.executable).parent / "durable"
 
 
+def run_durable(*args: str, database_url: str, home: Path) -> subprocess.CompletedProcess[str]:
+    """The `durable` command, configured by these settings alone (no other DURABLE_*)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_")}
+    env.update(DURABLE_DATABASE_URL=database_url, DURABLE_HOME=str(home))
+    return subprocess.run(
+        [str(DURABLE_BIN), *args], env=env, cwd=str(REPO), capture_output=True, text=True, timeout=120
+    )
+
+
 @dataclass
 class Env:
     database_url: str
@@ -37,11 +46,7 @@ class Env:
     client: DurableClient
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_")}
-        env.update(DURABLE_DATABASE_URL=self.database_url, DURABLE_HOME=str(self.home))
-        return subprocess.run(
-            [str(DURABLE_BIN), *args], env=env, cwd=str(REPO), capture_output=True, text=True, timeout=120
-        )
+        return run_durable(*args, database_url=self.database_url, home=self.home)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -238,10 +243,5 @@ def test_dashboard_paginates_and_reports_unknown_workflows(env: Env, dashboard: 
 
 
 def test_worker_wrapper_passes_options_after_double_dash_to_celery(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_")}
-    env.update(DURABLE_HOME=str(tmp_path), DURABLE_DATABASE_URL=f"sqlite:///{tmp_path / 'x.sqlite3'}")
-    result = subprocess.run(
-        [str(DURABLE_BIN), "worker", "--", "--help"], env=env, cwd=str(REPO),
-        capture_output=True, text=True, timeout=120,
-    )
+    result = run_durable("worker", "--", "--help", database_url=f"sqlite:///{tmp_path / 'x.sqlite3'}", home=tmp_path)
     assert "--concurrency" in ok(result)
