@@ -4,7 +4,7 @@
 
 Starts its own Postgres and Redis (tests/servers.py), then in this one process:
 1. start()s the workflows on a queue no worker consumes (profiles enqueue);
-2. runs each through `dur.runner.execute(workflow_id)` -- exactly what
+2. runs each through `dur.runner.execute(workflow_id, name)` -- exactly what
    the Celery task `durable.run_workflow` calls in a worker child -- under
    cProfile (profiles claim, steps and checkpoints, finish).
 Prints the top functions by own time and by cumulative time, and a per-step
@@ -19,7 +19,6 @@ import io
 import os
 import pstats
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -51,10 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="durable-prof-"))
     os.chmod(tmp, 0o755)
     pg = redis = None
-    postmaster = None
     try:
         pg = Postgres(tmp / "pg").start()
-        postmaster = int((pg.data / "postmaster.pid").read_text().split()[0])
         url = pg.create_database("prof")
         redis = Redis(tmp / "redis").start()
         for k in [k for k in os.environ if k.startswith("DURABLE_")]:
@@ -70,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         # warm-up: connections, statement caches
         for i in range(5):
             wf.options(workflow_id=f"warm-{i}", queue="nobody").start(args.steps)
-            dur.runner.execute(f"warm-{i}")
+            dur.runner.execute(f"warm-{i}", wf.name)
 
         prof_enqueue = cProfile.Profile()
         t = time.perf_counter()
@@ -85,13 +82,13 @@ def main(argv: list[str] | None = None) -> int:
             wf.options(workflow_id=f"q-{i}", queue="nobody").start(args.steps)
         t = time.perf_counter()
         for i in range(args.workflows):
-            dur.runner.execute(f"q-{i}")
+            dur.runner.execute(f"q-{i}", wf.name)
         wall = time.perf_counter() - t
 
         prof = cProfile.Profile()
         prof.enable()
         for i in range(args.workflows):
-            dur.runner.execute(f"p-{i}")
+            dur.runner.execute(f"p-{i}", wf.name)
         prof.disable()
 
         with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as c:
@@ -123,17 +120,6 @@ def main(argv: list[str] | None = None) -> int:
             redis.stop()
         if pg:
             pg.stop()
-        if postmaster:
-            try:
-                os.kill(postmaster, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-            for _ in range(100):
-                try:
-                    os.kill(postmaster, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -101,13 +101,14 @@ class Runner:
             return workflow.defaults.max_recovery_attempts
         return self.durable.settings.max_recovery_attempts
 
-    def execute(self, workflow_id: str) -> str:
+    def execute(self, workflow_id: str, workflow_name: str | None = None) -> str:
         store = self.durable.store
         owner = process_owner()
         lease_ms = int(self.durable.settings.lease_seconds * 1000)
         claim = retry_while_unavailable(
             lambda: store.claim(
-                workflow_id, owner, int(time.time() * 1000), lease_ms, self._max_recovery_attempts
+                workflow_id, owner, int(time.time() * 1000), lease_ms,
+                self._max_recovery_attempts, name_hint=workflow_name,
             ),
             "claiming a workflow",
         )
@@ -158,7 +159,7 @@ def bind(durable: "Durable") -> None:
         Request=DurableRequest,
     )
     def run_workflow(workflow_id: str, workflow_name: str | None = None) -> str:
-        return runner.execute(workflow_id)
+        return runner.execute(workflow_id, workflow_name)
 
     class RecoverySweeper(bootsteps.StartStopStep):
         """Publishes workflows that lost their message or their worker."""

@@ -46,6 +46,7 @@ class Database:
         self.echo = echo
         self.dialect_name = url.split(":", 1)[0].split("+", 1)[0]
         self._engine: Engine | None = None
+        self._autocommit_engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
         self._migrated = False
@@ -60,12 +61,28 @@ class Database:
         if self._engine is None or self._pid != pid:
             with self._lock:
                 if self._engine is None or self._pid != pid:
-                    if self._engine is not None:
-                        # Inherited across fork: never touch the parent's sockets.
-                        self._engine.dispose(close=False)
+                    for inherited in (self._engine, self._autocommit_engine):
+                        if inherited is not None:
+                            # Inherited across fork: never touch the parent's sockets.
+                            inherited.dispose(close=False)
                     self._engine = self._create_engine()
+                    self._autocommit_engine = None
                     self._pid = pid
         return self._engine
+
+    @property
+    def autocommit_engine(self) -> Engine:
+        engine = self.engine  # re-created after fork first
+        if self.is_sqlite:
+            return engine
+        if self._autocommit_engine is None:
+            with self._lock:
+                if self._autocommit_engine is None:
+                    self._autocommit_engine = create_engine(
+                        self.url, echo=self.echo, pool_size=5, max_overflow=10,
+                        pool_recycle=3600, isolation_level="AUTOCOMMIT",
+                    )
+        return self._autocommit_engine
 
     def _create_engine(self) -> Engine:
         if self.is_sqlite:
@@ -87,10 +104,52 @@ class Database:
         with self.engine.begin() as conn:
             yield conn
 
+    @contextmanager
+    def single_statement(self) -> Iterator[Connection]:
+        """A connection for one statement that is atomic by itself (a fenced
+        upsert, a conditional UPDATE ... RETURNING): on Postgres it runs in
+        autocommit, so the write costs one round trip instead of three
+        (BEGIN, statement, COMMIT). SQLite, local and cheap, keeps its
+        BEGIN IMMEDIATE."""
+        if self.is_sqlite:
+            with self.begin() as conn:
+                yield conn
+            return
+        self.ensure_schema()
+        with self.autocommit_engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def driver_connection(self) -> Iterator[Any]:
+        """The pool's DBAPI connection itself, in autocommit (Postgres only),
+        for the one statement on every step's path: SQLAlchemy's per-call
+        work (cache key, parameter processing, result setup) costs about as
+        much as the round trip. Driver errors come out as SQLAlchemy's, so
+        `is_unavailable` reads them like any other."""
+        self.ensure_schema()
+        engine = self.autocommit_engine
+        dialect = engine.dialect
+        fairy = engine.raw_connection()
+        try:
+            yield fairy.driver_connection
+        except dialect.loaded_dbapi.Error as exc:
+            lost = dialect.is_disconnect(exc, fairy.dbapi_connection, None)
+            if lost:
+                fairy.invalidate(exc)
+            raise DBAPIError.instance(
+                None, None, exc, dialect.loaded_dbapi.Error,
+                connection_invalidated=lost, dialect=dialect,
+            ) from exc
+        finally:
+            fairy.close()
+
     def dispose(self) -> None:
-        if self._engine is not None and self._pid == os.getpid():
-            self._engine.dispose()
+        if self._pid == os.getpid():
+            for engine in (self._engine, self._autocommit_engine):
+                if engine is not None:
+                    engine.dispose()
         self._engine = None
+        self._autocommit_engine = None
 
     # --- migrations ----------------------------------------------------------
 

@@ -108,7 +108,10 @@ class Execution:
 
     def _finish(self, status: Status, output: str | None = None, error: str | None = None) -> None:
         ended, parent = retry_while_unavailable(
-            lambda: self.store.finish(self.workflow_id, self.epoch, status, now_ms(), output, error),
+            lambda: self.store.finish(
+                self.workflow_id, self.epoch, status, now_ms(), output, error,
+                has_parent=self.claim.parent_workflow_id is not None,
+            ),
             "ending a workflow",
         )
         if ended and parent:

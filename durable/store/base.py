@@ -1,0 +1,91 @@
+"""What every part of the store shares: the engine, the dialect's INSERT
+(for ON CONFLICT), inserting a workflow row, reading a workflow's steps and
+waking a workflow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from ..database import Database
+from ..records import ACTIVE_STATUSES
+from ..schema import steps, workflows
+from .prebuilt import Prebuilt
+
+W = workflows.c
+S = steps.c
+
+
+@dataclass(frozen=True)
+class StartResult:
+    created: bool
+    workflow_id: str  # the new workflow, or the existing one with that ID
+
+
+class DedupConflict(Exception):
+    def __init__(self, holder_workflow_id: str | None):
+        self.holder_workflow_id = holder_workflow_id
+
+
+class StoreBase:
+    def __init__(self, database: Database):
+        self.db = database
+        self._insert = sqlite.insert if database.is_sqlite else postgresql.insert
+        self._inserts: dict[tuple[str, ...], Prebuilt] = {}
+
+    def insert_workflow(self, row: dict[str, Any], conn: Connection | None = None) -> StartResult:
+        """Insert a workflow; an existing ID returns that workflow instead, a held
+        dedup key raises DedupConflict. Both are decided by constraints."""
+        insert_row = self._insert_statement(tuple(sorted(row)))
+        params = {f"v_{k}": v for k, v in row.items()}
+        try:
+            if conn is not None:
+                with conn.begin_nested():
+                    inserted = insert_row.first(params, conn)
+            else:
+                inserted = insert_row.first(params)
+        except IntegrityError:
+            raise DedupConflict(self.dedup_holder(row["queue"], row["dedup_key"])) from None
+        return StartResult(created=inserted is not None, workflow_id=row["workflow_id"])
+
+    def _insert_statement(self, columns: tuple[str, ...]) -> Prebuilt:
+        """One prebuilt INSERT per set of columns (start() always gives the same)."""
+        prebuilt = self._inserts.get(columns)
+        if prebuilt is None:
+            # RETURNING, not rowcount: SQLAlchemy does not promise an INSERT's rowcount on every driver
+            stmt = (
+                self._insert(workflows)
+                .values({c: bindparam(f"v_{c}", type_=W[c].type) for c in columns})
+                .on_conflict_do_nothing(index_elements=["workflow_id"])
+                .returning(W.workflow_id)
+            )
+            prebuilt = self._inserts[columns] = Prebuilt(self.db, stmt)
+        return prebuilt
+
+    def dedup_holder(self, queue: str, dedup_key: str | None) -> str | None:
+        with self.db.begin() as conn:
+            return conn.execute(
+                select(W.workflow_id).where(
+                    W.queue == queue, W.dedup_key == dedup_key, W.status.in_(ACTIVE_STATUSES)
+                )
+            ).scalar()
+
+    @staticmethod
+    def _steps_of(conn: Connection, workflow_id: str) -> dict[int, dict[str, Any]]:
+        result = conn.execute(
+            select(steps).where(S.workflow_id == workflow_id).order_by(S.step_id)
+        ).mappings()
+        return {r["step_id"]: dict(r) for r in result}
+
+    @staticmethod
+    def _wake(conn: Connection, workflow_id: str, now_ms: int) -> None:
+        conn.execute(
+            update(workflows)
+            .where(W.workflow_id == workflow_id, W.status.in_(ACTIVE_STATUSES))
+            .values(redispatch_at_ms=now_ms)
+        )

@@ -1,0 +1,439 @@
+"""The execution path: claim a workflow, keep the lease, checkpoint steps,
+end or suspend. Every write is fenced by the lease epoch the execution
+claimed, so a zombie (a frozen or partitioned worker whose lease was taken
+over) cannot overwrite the new owner's results. Step outcomes are keyed by
+(workflow_id, step_id): a second writer of the same outcome hits the primary
+key and is detected, never silently accepted."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from sqlalchemy import BigInteger, Integer, String, Text, bindparam, case, exists, func, or_, select, update
+from sqlalchemy.engine import Connection
+
+from ..database import Database
+from ..records import ACTIVE_STATUSES, Status, StepStatus
+from ..schema import steps, workflows
+from .base import S, StoreBase, W
+from .prebuilt import Prebuilt
+
+_STEP_COLUMNS = (
+    "workflow_id", "step_id", "name", "status", "output", "error", "attempt_errors",
+    "attempts", "child_workflow_id", "next_attempt_at_ms", "started_at_ms", "completed_at_ms",
+)
+_STEP_TYPES = {
+    "workflow_id": String, "step_id": Integer, "name": String, "status": String,
+    "output": Text, "error": Text, "attempt_errors": Text, "attempts": Integer,
+    "child_workflow_id": String, "next_attempt_at_ms": BigInteger,
+    "started_at_ms": BigInteger, "completed_at_ms": BigInteger,
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What an execution learns when it takes the lease."""
+
+    workflow_id: str
+    name: str
+    status: str  # PENDING, or MAX_RECOVERY_ATTEMPTS_EXCEEDED when quarantined at this claim
+    epoch: int
+    inputs: str
+    recovered: bool
+    recovery_attempts: int
+    max_recovery_attempts: int
+    queue: str
+    parent_workflow_id: str | None
+    deadline_at_ms: int | None
+    last_death: str | None
+    steps: dict[int, dict[str, Any]]
+
+
+
+class ExecutionSql(StoreBase):
+    def __init__(self, database: Database):
+        super().__init__(database)
+        self._fenced_step_upsert = Prebuilt(database, self._build_fenced_step_upsert())
+        self._claim_unleased_stmt = Prebuilt(database, _build_claim_unleased())
+        self._steps_stmt = Prebuilt(
+            database, select(steps).where(S.workflow_id == bindparam("wid")).order_by(S.step_id)
+        )
+        self._finish_stmt = Prebuilt(database, _build_finish())
+        self._suspend_stmts = {
+            waits_for_timer: Prebuilt(database, _build_suspend(waits_for_timer))
+            for waits_for_timer in (False, True)
+        }
+
+    def claim(
+        self,
+        workflow_id: str,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        default_max_recovery: Callable[[str], int] = lambda name: 10,
+        name_hint: str | None = None,
+    ) -> Claim | None:
+        """Take the lease if nobody holds a live one. A previous execution that
+        still held a lease was lost: that counts as a recovery, in the same
+        transaction; past max_recovery_attempts the workflow is quarantined.
+
+        `name_hint` is the workflow name the message carried (the row's name,
+        as published): with it, the common case, an unleased workflow, is
+        claimed by one UPDATE ... RETURNING."""
+        if name_hint is not None:
+            claim = self._claim_unleased(
+                workflow_id, owner, now_ms, lease_ms, default_max_recovery(name_hint)
+            )
+            if claim is not None:
+                return claim
+        return self._claim_lost_or_none(workflow_id, owner, now_ms, lease_ms, default_max_recovery)
+
+    def _claim_unleased(
+        self, workflow_id: str, owner: str, now_ms: int, lease_ms: int, default_max_recovery: int
+    ) -> Claim | None:
+        """The claim of a new, suspended or resumed workflow: nobody held it,
+        so it is no recovery. One round trip when the workflow has no steps."""
+        row = self._claim_unleased_stmt.first(dict(
+            wid=workflow_id, owner=owner, now=now_ms, lease_until=now_ms + lease_ms,
+            default_max=default_max_recovery,
+        ))
+        if row is None:
+            return None
+        # Nobody else writes this workflow's steps while we hold the lease,
+        # so reading them after the claim sees what a transaction would.
+        step_rows = self.steps_of(workflow_id) if row["has_steps"] else {}
+        return Claim(
+            workflow_id=workflow_id,
+            name=row["name"],
+            status=Status.PENDING.value,
+            epoch=row["lease_epoch"],
+            inputs=row["inputs"],
+            recovered=False,
+            recovery_attempts=row["recovery_attempts"],
+            max_recovery_attempts=row["max_recovery_attempts"],
+            queue=row["queue"],
+            parent_workflow_id=row["parent_workflow_id"],
+            deadline_at_ms=row["deadline_at_ms"],
+            last_death=row["last_death"],
+            steps=step_rows,
+        )
+
+    def steps_of(self, workflow_id: str) -> dict[int, dict[str, Any]]:
+        return {r["step_id"]: r for r in self._steps_stmt.all(dict(wid=workflow_id))}
+
+    def _claim_lost_or_none(
+        self,
+        workflow_id: str,
+        owner: str,
+        now_ms: int,
+        lease_ms: int,
+        default_max_recovery: Callable[[str], int],
+    ) -> Claim | None:
+        """The claim of a workflow whose lease expired (its execution was
+        lost), or None: ended, missing, or a live execution holds it."""
+        with self.db.begin() as conn:
+            row = conn.execute(
+                select(
+                    W.name, W.status, W.lease_owner, W.lease_epoch, W.lease_expires_at_ms,
+                    W.recovery_attempts, W.max_recovery_attempts, W.inputs, W.queue,
+                    W.parent_workflow_id, W.deadline_at_ms, W.last_death,
+                ).where(W.workflow_id == workflow_id)
+            ).mappings().first()
+            if row is None or row["status"] not in ACTIVE_STATUSES:
+                return None
+            if row["lease_owner"] is not None and (row["lease_expires_at_ms"] or 0) > now_ms:
+                return None  # a live execution holds it
+            recovered = row["lease_owner"] is not None
+            attempts = row["recovery_attempts"] + (1 if recovered else 0)
+            max_recovery = row["max_recovery_attempts"]
+            if max_recovery is None:
+                max_recovery = default_max_recovery(row["name"])
+            quarantine = recovered and attempts > max_recovery
+            values: dict[str, Any] = dict(
+                recovery_attempts=attempts,
+                max_recovery_attempts=max_recovery,
+                lease_epoch=row["lease_epoch"] + 1,
+                redispatch_at_ms=None,
+                updated_at_ms=now_ms,
+                executor=owner,
+            )
+            if quarantine:
+                values.update(
+                    status=Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value,
+                    lease_owner=None, lease_expires_at_ms=None, completed_at_ms=now_ms,
+                )
+            else:
+                values.update(
+                    status=Status.PENDING.value, lease_owner=owner,
+                    lease_expires_at_ms=now_ms + lease_ms,
+                    started_at_ms=func.coalesce(W.started_at_ms, now_ms),
+                )
+            won = conn.execute(
+                update(workflows)
+                .where(
+                    W.workflow_id == workflow_id,
+                    W.lease_epoch == row["lease_epoch"],
+                    W.status == row["status"],
+                )
+                .values(**values)
+            ).rowcount
+            if won != 1:
+                return None
+            step_rows = {} if quarantine else self._steps_of(conn, workflow_id)
+        return Claim(
+            workflow_id=workflow_id,
+            name=row["name"],
+            status=values["status"],
+            epoch=values["lease_epoch"],
+            inputs=row["inputs"],
+            recovered=recovered,
+            recovery_attempts=attempts,
+            max_recovery_attempts=max_recovery,
+            queue=row["queue"],
+            parent_workflow_id=row["parent_workflow_id"],
+            deadline_at_ms=row["deadline_at_ms"],
+            last_death=row["last_death"],
+            steps=step_rows,
+        )
+
+    def renew_leases(self, owner: str, epochs: dict[str, int], until_ms: int) -> set[str]:
+        """Extend this process's leases; returns the workflows whose lease it no longer holds."""
+        lost = set()
+        with self.db.begin() as conn:
+            for workflow_id, epoch in epochs.items():
+                renewed = conn.execute(
+                    update(workflows)
+                    .where(
+                        W.workflow_id == workflow_id,
+                        W.lease_owner == owner,
+                        W.lease_epoch == epoch,
+                        W.status == Status.PENDING.value,
+                    )
+                    .values(lease_expires_at_ms=until_ms)
+                ).rowcount
+                if not renewed:
+                    lost.add(workflow_id)
+        return lost
+
+    def expire_lost_lease(self, workflow_id: str, owner: str, death: str, now_ms: int) -> bool:
+        """The worker saw the process that held this lease die: let the
+        redelivered message claim it at once, and remember how it died."""
+        with self.db.begin() as conn:
+            expired = conn.execute(
+                update(workflows)
+                .where(
+                    W.workflow_id == workflow_id,
+                    W.lease_owner == owner,
+                    W.status == Status.PENDING.value,
+                )
+                .values(lease_expires_at_ms=now_ms, last_death=death)
+            ).rowcount == 1
+            if expired:
+                return True
+            # The report came late: the lease expired and a new execution took
+            # over first, noting the crash with an unknown cause. Fill it in.
+            conn.execute(update(workflows).where(W.workflow_id == workflow_id).values(last_death=death))
+            unknown = conn.execute(
+                select(S.step_id, S.last_crash).where(
+                    S.workflow_id == workflow_id, S.last_crash.is_not(None)
+                )
+            ).all()
+            for step_id, text_ in unknown:
+                crash = json.loads(text_)
+                if crash.get("cause") == "unknown":
+                    crash["cause"] = death
+                    conn.execute(
+                        update(steps)
+                        .where(S.workflow_id == workflow_id, S.step_id == step_id)
+                        .values(last_crash=json.dumps(crash))
+                    )
+            return False
+
+    def _build_fenced_step_upsert(self) -> Any:
+        """INSERT the step row only while the execution still holds the lease;
+        a RETRYING row may be advanced, a final outcome never replaced."""
+        fence = exists().where(
+            W.workflow_id == bindparam("fence_workflow_id", type_=String),
+            W.lease_epoch == bindparam("fence_epoch", type_=Integer),
+            W.status == Status.PENDING.value,
+        )
+        source = select(*[bindparam(c, type_=_STEP_TYPES[c]) for c in _STEP_COLUMNS]).where(fence)
+        stmt = self._insert(steps).from_select(list(_STEP_COLUMNS), source)
+        updatable = [c for c in _STEP_COLUMNS if c not in ("workflow_id", "step_id", "started_at_ms")]
+        return stmt.on_conflict_do_update(
+            index_elements=["workflow_id", "step_id"],
+            set_={c: stmt.excluded[c] for c in updatable},
+            where=S.status == StepStatus.RETRYING.value,
+        ).returning(S.step_id)
+
+    def write_step(
+        self, epoch: int, values: dict[str, Any], conn: Connection | None = None
+    ) -> bool:
+        """Write a step row fenced by the epoch. False: nothing was written
+        (lease lost, workflow no longer running, or the outcome already final)."""
+        params = {c: values.get(c) for c in _STEP_COLUMNS}
+        params.update(fence_workflow_id=values["workflow_id"], fence_epoch=epoch)
+        return self._fenced_step_upsert.first(params, conn) is not None
+
+    def step_row(self, workflow_id: str, step_id: int) -> dict[str, Any] | None:
+        with self.db.begin() as conn:
+            row = conn.execute(
+                select(steps).where(S.workflow_id == workflow_id, S.step_id == step_id)
+            ).mappings().first()
+            return dict(row) if row else None
+
+    def record_crash(
+        self, workflow_id: str, step_id: int, name: str, crash: str, now_ms: int
+    ) -> None:
+        """Count a lost execution against the step that was in flight."""
+        stmt = self._insert(steps).values(
+            workflow_id=workflow_id, step_id=step_id, name=name,
+            status=StepStatus.RETRYING.value, attempts=0, crashes=1, last_crash=crash,
+            started_at_ms=now_ms,
+        )
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["workflow_id", "step_id"],
+            set_={"crashes": S.crashes + 1, "last_crash": crash},
+        )
+        with self.db.begin() as conn:
+            conn.execute(stmt)
+
+    def finish(
+        self,
+        workflow_id: str,
+        epoch: int,
+        status: Status,
+        now_ms: int,
+        output: str | None = None,
+        error: str | None = None,
+        has_parent: bool = True,
+    ) -> tuple[bool, str | None]:
+        """End the execution's workflow; wake its parent in the same transaction.
+        Returns (ended, parent_workflow_id). Without a parent the end is one
+        statement."""
+        params = dict(wid=workflow_id, epoch=epoch, new_status=status.value, out=output,
+                      err=error, now=now_ms)
+        if not has_parent:
+            row = self._finish_stmt.first(params)
+            if row is not None and row["parent_workflow_id"]:  # the caller was wrong: wake anyway
+                self.wake(row["parent_workflow_id"], now_ms)
+            return row is not None, row and row["parent_workflow_id"]
+        with self.db.begin() as conn:
+            row = self._finish_stmt.first(params, conn)
+            if row is None:
+                return False, None
+            parent = row["parent_workflow_id"]
+            if parent:
+                self._wake(conn, parent, now_ms)
+        return True, parent
+
+    def suspend(
+        self, workflow_id: str, epoch: int, wake_at_ms: int | None, now_ms: int
+    ) -> int | None | bool:
+        """Release the lease and wait until wake_at_ms (None: until woken).
+        A wake-up that arrived while we still held the lease is kept, so it
+        cannot be lost. Returns the redispatch time, or False if fenced out."""
+        row = self._suspend_stmts[wake_at_ms is not None].first(
+            dict(wid=workflow_id, epoch=epoch, wake_at=wake_at_ms, now=now_ms)
+        )
+        return False if row is None else row["redispatch_at_ms"]
+
+    def record_quarantine(self, workflow_id: str, epoch: int, error: str, now_ms: int) -> str | None:
+        """Store why the claim quarantined the workflow; wake its parent.
+        Returns the parent's ID."""
+        with self.db.begin() as conn:
+            row = conn.execute(
+                update(workflows)
+                .where(W.workflow_id == workflow_id, W.lease_epoch == epoch)
+                .values(error=error, updated_at_ms=now_ms)
+                .returning(W.parent_workflow_id)
+            ).first()
+            parent = row[0] if row else None
+            if parent:
+                self._wake(conn, parent, now_ms)
+        return parent
+
+    def wake(self, workflow_id: str, now_ms: int) -> None:
+        with self.db.begin() as conn:
+            self._wake(conn, workflow_id, now_ms)
+
+    def start_child(
+        self, parent_id: str, epoch: int, child_row: dict[str, Any], step_values: dict[str, Any]
+    ) -> bool:
+        """Create the child and the parent's checkpoint naming it, atomically."""
+        with self.db.begin() as conn:
+            self.insert_workflow(child_row, conn=conn)
+            if not self.write_step(epoch, step_values, conn=conn):
+                conn.rollback()
+                return False
+        return True
+
+
+def _build_claim_unleased() -> Any:
+    has_steps = select(S.step_id).where(S.workflow_id == bindparam("wid")).limit(1).exists()
+    return (
+        update(workflows)
+        .where(
+            W.workflow_id == bindparam("wid"),
+            # not IN (...): its expanding parameters do not compile ahead of time
+            or_(W.status == Status.ENQUEUED.value, W.status == Status.PENDING.value),
+            W.lease_owner.is_(None),
+        )
+        .values(
+            status=Status.PENDING.value, lease_owner=bindparam("owner"),
+            lease_epoch=W.lease_epoch + 1, lease_expires_at_ms=bindparam("lease_until"),
+            redispatch_at_ms=None,
+            max_recovery_attempts=func.coalesce(W.max_recovery_attempts, bindparam("default_max")),
+            started_at_ms=func.coalesce(W.started_at_ms, bindparam("now")),
+            updated_at_ms=bindparam("now"), executor=bindparam("owner"),
+        )
+        .returning(
+            W.name, W.lease_epoch, W.recovery_attempts, W.max_recovery_attempts, W.inputs,
+            W.queue, W.parent_workflow_id, W.deadline_at_ms, W.last_death,
+            has_steps.label("has_steps"),
+        )
+    )
+
+
+def _fenced_by_epoch() -> Any:
+    return (
+        W.workflow_id == bindparam("wid"),
+        W.lease_epoch == bindparam("epoch"),
+        W.status == Status.PENDING.value,
+    )
+
+
+def _build_finish() -> Any:
+    return (
+        update(workflows)
+        .where(*_fenced_by_epoch())
+        .values(
+            status=bindparam("new_status"), output=bindparam("out"), error=bindparam("err"),
+            lease_owner=None, lease_expires_at_ms=None, redispatch_at_ms=None,
+            completed_at_ms=bindparam("now"), updated_at_ms=bindparam("now"),
+        )
+        .returning(W.parent_workflow_id)
+    )
+
+
+def _build_suspend(waits_for_timer: bool) -> Any:
+    current = W.redispatch_at_ms
+    redispatch: Any = current
+    if waits_for_timer:  # the earlier of the timer and a wake-up already there
+        wake_at = bindparam("wake_at", type_=BigInteger)
+        redispatch = case((current.is_(None), wake_at), (current < wake_at, current), else_=wake_at)
+    return (
+        update(workflows)
+        .where(*_fenced_by_epoch())
+        .values(
+            lease_owner=None, lease_expires_at_ms=None,
+            redispatch_at_ms=redispatch, updated_at_ms=bindparam("now"),
+        )
+        .returning(W.redispatch_at_ms)
+    )
+
+
+def crash_text(death: str | None, step_name: str, attempt: int) -> str:
+    return json.dumps({"step": step_name, "attempt": attempt, "cause": death or "unknown"})
