@@ -102,6 +102,10 @@ class Runner:
         return self.durable.settings.max_recovery_attempts
 
     def execute(self, workflow_id: str, workflow_name: str | None = None) -> str:
+        with self.durable.store.db.pinned():
+            return self._execute(workflow_id, workflow_name)
+
+    def _execute(self, workflow_id: str, workflow_name: str | None) -> str:
         store = self.durable.store
         owner = process_owner()
         lease_ms = int(self.durable.settings.lease_seconds * 1000)

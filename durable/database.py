@@ -49,6 +49,7 @@ class Database:
         self._autocommit_engine: Engine | None = None
         self._pid = 0
         self._lock = threading.Lock()
+        self._pin = threading.local()
         self._migrated = False
 
     @property
@@ -105,31 +106,18 @@ class Database:
             yield conn
 
     @contextmanager
-    def single_statement(self) -> Iterator[Connection]:
-        """A connection for one statement that is atomic by itself (a fenced
-        upsert, a conditional UPDATE ... RETURNING): on Postgres it runs in
-        autocommit, so the write costs one round trip instead of three
-        (BEGIN, statement, COMMIT). SQLite, local and cheap, keeps its
-        BEGIN IMMEDIATE."""
-        if self.is_sqlite:
-            with self.begin() as conn:
-                yield conn
-            return
-        self.ensure_schema()
-        with self.autocommit_engine.connect() as conn:
-            yield conn
-
-    @contextmanager
     def driver_connection(self) -> Iterator[Any]:
         """The pool's DBAPI connection itself, in autocommit (Postgres only),
-        for the one statement on every step's path: SQLAlchemy's per-call
-        work (cache key, parameter processing, result setup) costs about as
-        much as the round trip. Driver errors come out as SQLAlchemy's, so
-        `is_unavailable` reads them like any other."""
+        for the statements on every step's path: SQLAlchemy's per-call work
+        (cache key, parameter processing, result setup) costs about as much
+        as the round trip. Inside `pinned()` the thread keeps one connection.
+        Driver errors come out as SQLAlchemy's, so `is_unavailable` reads
+        them like any other."""
         self.ensure_schema()
         engine = self.autocommit_engine
         dialect = engine.dialect
-        fairy = engine.raw_connection()
+        pin = self._pin if self._pinned_here() else None
+        fairy = pin.fairy if pin is not None and pin.fairy is not None else engine.raw_connection()
         try:
             yield fairy.driver_connection
         except dialect.loaded_dbapi.Error as exc:
@@ -141,7 +129,32 @@ class Database:
                 connection_invalidated=lost, dialect=dialect,
             ) from exc
         finally:
-            fairy.close()
+            if pin is not None and fairy.is_valid:
+                pin.fairy = fairy
+            else:
+                if pin is not None:
+                    pin.fairy = None
+                fairy.close()
+
+    @contextmanager
+    def pinned(self) -> Iterator[None]:
+        """Keep this thread's driver connection checked out until the block
+        ends (one workflow execution), instead of a pool checkout per step."""
+        pin = self._pin
+        if self._pinned_here():  # already pinned further up
+            yield
+            return
+        pin.active, pin.fairy, pin.pid = True, None, os.getpid()
+        try:
+            yield
+        finally:
+            fairy, pin.active, pin.fairy = pin.fairy, False, None
+            if fairy is not None:
+                fairy.close()
+
+    def _pinned_here(self) -> bool:
+        # a pin inherited through fork belongs to the parent's engine
+        return getattr(self._pin, "active", False) and self._pin.pid == os.getpid()
 
     def dispose(self) -> None:
         if self._pid == os.getpid():

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
 
 from durable.client import new_workflow_row
-from durable.database import Database
+from durable.database import Database, retry_while_unavailable
 from durable.records import Status
 from durable.schema import metadata
 from durable.settings import Settings
@@ -127,3 +128,41 @@ def test_sweeper_finds_lost_messages_expired_leases_and_due_timers(store: Store)
     assert due == {"enqueued", "leased"}
     # marked: the next sweep leaves them alone for a while
     assert store.due_for_dispatch(NOW + 10_002, 3_000) == []
+
+
+def test_claim_with_the_message_name_decides_like_the_full_claim(store: Store):
+    """The one-statement claim (the message names the workflow) takes only an
+    unleased workflow; everything else falls through to the full claim."""
+    store.insert_workflow(new_row(workflow_id="h"))
+    first = store.claim("h", "o1", NOW, LEASE, lambda name: 7, name_hint="wf")
+    assert (first.epoch, first.recovered, first.max_recovery_attempts, first.steps) == (1, False, 7, {})
+    assert store.claim("h", "o2", NOW + 1, LEASE, name_hint="wf") is None  # live lease
+    assert store.write_step(first.epoch, step_values("h", 0))
+    assert store.suspend("h", first.epoch, NOW + 100, NOW + 2) == NOW + 100
+    woken = store.claim("h", "o2", NOW + 100, LEASE, name_hint="wf")
+    assert (woken.epoch, woken.recovered, list(woken.steps)) == (2, False, [0])
+    assert woken.steps[0]["output"] == "1"
+    lost = store.claim("h", "o3", NOW + 100 + LEASE + 1, LEASE, name_hint="wf")
+    assert (lost.epoch, lost.recovered, lost.recovery_attempts) == (3, True, 1)
+    assert store.finish("h", lost.epoch, Status.SUCCESS, NOW, output="null", has_parent=False) == (True, None)
+    assert store.claim("h", "o4", NOW + 10 * LEASE, LEASE, name_hint="wf") is None  # terminal
+    assert store.claim("missing", "o", NOW, LEASE, name_hint="wf") is None
+
+
+def test_a_pinned_connection_the_server_dropped_is_replaced(create_pg_database):
+    store = Store(Database(create_pg_database("pin")))
+    store.insert_workflow(new_row(workflow_id="d"))
+    claim = store.claim("d", "o", NOW, LEASE, name_hint="wf")
+    with store.db.pinned():
+        assert store.write_step(claim.epoch, step_values("d", 0))
+        with store.db.driver_connection() as conn:
+            backend_pid = conn.info.backend_pid
+        with store.db.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_pid})
+        written = retry_while_unavailable(
+            lambda: store.write_step(claim.epoch, step_values("d", 1)), "test", give_up_after_seconds=10
+        )
+        assert written
+        with store.db.driver_connection() as conn:
+            assert conn.info.backend_pid != backend_pid
+    assert [r["step_id"] for r in store.list_steps("d")] == [0, 1]
