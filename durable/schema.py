@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     text,
 )
 
@@ -101,4 +102,78 @@ steps = Table(
     Column("started_at_ms", BigInteger, nullable=True),
     Column("completed_at_ms", BigInteger, nullable=True),
     PrimaryKeyConstraint("workflow_id", "step_id", name="pk_durable_steps"),
+)
+
+# Durable messages (`durable.send` / `durable.recv`). `seq` orders them: recv
+# takes the oldest unconsumed one for its (workflow, topic). `message_id` is
+# unique: a send from a workflow derives it from (sender, step), so a replayed
+# or concurrent send cannot insert twice. A consumed message keeps its row
+# (consumed_at_ms, consumed_by_step_id) until its workflow is deleted.
+messages = Table(
+    "durable_messages",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("message_id", String(600), nullable=False),
+    Column(
+        "workflow_id",
+        String(255),
+        ForeignKey("durable_workflows.workflow_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("topic", String(255), nullable=True),
+    Column("payload", Text, nullable=False),
+    Column("serialization", String(20), nullable=False, server_default="json-v1"),
+    Column("sender_workflow_id", String(255), nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("consumed_at_ms", BigInteger, nullable=True),
+    Column("consumed_by_step_id", Integer, nullable=True),
+    UniqueConstraint("message_id", name="uq_durable_messages_message_id"),
+    Index("ix_durable_messages_workflow", "workflow_id", "seq"),
+    # what recv looks for: stays small however many messages were consumed
+    Index(
+        "ix_durable_messages_unconsumed",
+        "workflow_id",
+        "topic",
+        "seq",
+        postgresql_where=text("consumed_at_ms IS NULL"),
+        sqlite_where=text("consumed_at_ms IS NULL"),
+    ),
+)
+
+# The latest value of each event a workflow published (`durable.set_event`).
+events = Table(
+    "durable_events",
+    metadata,
+    Column(
+        "workflow_id",
+        String(255),
+        ForeignKey("durable_workflows.workflow_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("key", String(255), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("serialization", String(20), nullable=False, server_default="json-v1"),
+    Column("step_id", Integer, nullable=False),  # the set_event step that wrote it
+    Column("updated_at_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workflow_id", "key", name="pk_durable_events"),
+)
+
+# Workflows suspended in `durable.get_event` on (target workflow, key): the
+# set_event that publishes the key wakes them. The target need not exist yet.
+event_waiters = Table(
+    "durable_event_waiters",
+    metadata,
+    Column("target_workflow_id", String(255), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column(
+        "waiter_workflow_id",
+        String(255),
+        ForeignKey("durable_workflows.workflow_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("created_at_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint(
+        "target_workflow_id", "key", "waiter_workflow_id", name="pk_durable_event_waiters"
+    ),
+    Index("ix_durable_event_waiters_waiter", "waiter_workflow_id"),
 )

@@ -1,16 +1,28 @@
 """All SQL durable runs against its own tables, one module per concern:
 the execution path (claim, lease, checkpoints, end), the sweeper's queries,
-and management (status, cancel, resume, fork)."""
+management (status, cancel, resume, fork), and messages and events."""
 
 from __future__ import annotations
 
 from .base import DedupConflict, StartResult
 from .execution import Claim, ExecutionSql, crash_text
 from .management import ManagementSql
+from .messages import Doorbell, MessagesSql
 from .sweeps import SweepSql
 
-__all__ = ["Claim", "DedupConflict", "StartResult", "Store", "crash_text"]
+__all__ = ["Claim", "DedupConflict", "Doorbell", "StartResult", "Store", "crash_text"]
 
 
-class Store(ExecutionSql, SweepSql, ManagementSql):
-    """The system database, as the engine, the sweeper and the client use it."""
+class Store(ExecutionSql, SweepSql, ManagementSql, MessagesSql):
+    """The system database, as the engine, the sweeper and the client use it.
+
+    Messages, events and event waiters reference their workflow with ON DELETE
+    CASCADE, so `delete_workflows` removes them too."""
+
+    def copy_steps(self, source_id: str, target_id: str, below_step_id: int) -> int:
+        """Fork: copy the checkpoints, then give the fork the events its copied
+        set_event steps published (messages are not copied: the copied recv
+        checkpoints hold what the source received)."""
+        copied = super().copy_steps(source_id, target_id, below_step_id)
+        self.restore_events(target_id)
+        return copied
