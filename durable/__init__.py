@@ -5,6 +5,7 @@ from . import errors
 from .app import Durable, StartOptions, StepFunction, WorkflowFunction
 from .client import DurableClient, WorkflowHandle
 from .context import Context, context, gather, now, sleep
+from .messaging import get_event, recv, send, set_event
 from .records import ErrorInfo, Status, StepInfo, StepStatus, WorkflowStatus
 from .retry import RetryPolicy, backoff_delay_seconds
 from .settings import Settings
@@ -29,5 +30,9 @@ __all__ = [
     "sleep",
     "now",
     "gather",
+    "send",
+    "recv",
+    "set_event",
+    "get_event",
     "errors",
 ]

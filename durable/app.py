@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Generic, TypeVar
 
@@ -25,6 +26,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
 
 _UNSET: Any = object()
+
+# Every live Durable app: module-level helpers called outside a workflow
+# (durable.send, durable.get_event) use the only one there is.
+_apps: "weakref.WeakSet[Durable]" = weakref.WeakSet()
+
+
+def known_apps() -> list["Durable"]:
+    return list(_apps)
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,7 @@ class Durable(Management):
         self.registry: dict[str, WorkflowFunction[Any]] = {}
         self.transactions = Transactions(self)
         celery_binding.bind(self)
+        _apps.add(self)
 
     def workflow(
         self,

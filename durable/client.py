@@ -285,6 +285,30 @@ class Management:
         self.dispatcher.publish(new_row["workflow_id"], row["name"], row["queue"], row["priority"])
         return WorkflowHandle(new_row["workflow_id"], self)
 
+    def send(
+        self, workflow_id: str, message: Any, topic: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> None:
+        """Send a durable message to a workflow, which `durable.recv(topic)`
+        returns to it exactly once, oldest first. Raises WorkflowNotFoundError
+        for an unknown workflow and SerializationError for a message that
+        cannot be stored (nothing is written). A workflow that already ended
+        gets the message stored anyway (as in DBOS). From workflow code this
+        is the checkpointed `durable.send` step; elsewhere pass an
+        `idempotency_key` to make retries of one send store one message."""
+        from .messaging import send_from
+
+        send_from(self, workflow_id, message, topic, idempotency_key)
+
+    def get_event(self, workflow_id: str, key: str, timeout: float | None = 60.0) -> Any:
+        """The latest value workflow `workflow_id` published for `key` with
+        `durable.set_event`, polling up to `timeout` seconds (None: no
+        limit) for it to be set; None if it was not. The workflow need not
+        exist yet."""
+        from .messaging import get_event_from
+
+        return get_event_from(self, workflow_id, key, timeout)
+
 
 class DurableClient(Management):
     """Enqueue and manage workflows by name, without importing their code."""
