@@ -5,7 +5,8 @@
 Starts Postgres/Redis and one durable worker (prefork 2) like benchmarks.run,
 records one pool child with `py-spy record --format raw` (collapsed stacks)
 for the whole batch, and prints where the samples fall: leaf functions, and
-the share of stacks passing through each durable/ frame.
+the share of stacks passing through each frame. `--process main` samples
+the worker's main process (Celery's consumer: broker, pool dispatch, acks).
 """
 
 from __future__ import annotations
@@ -25,20 +26,22 @@ REPO = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--workflows", type=int, default=500)
+    p.add_argument("--process", choices=("child", "main"), default="child",
+                   help="sample a pool child (runs workflows) or the worker's main process (Celery's consumer)")
     a = p.parse_args(argv)
     ns = argparse.Namespace(quick=True, only="", systems="durable", dbos_concurrency=1, dbos_poll=0.1, keep=False)
     b = Bench(ns)
     b.systems = ["durable"]
     out = REPO / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    raw = out / "pyspy-worker-child.txt"
+    raw = out / f"pyspy-worker-{a.process}.txt"
     spy = None
     try:
         b.start_servers()
         w = b.start_workers("durable")
         b.run_batch("durable", 4, 10, "warm-")
-        child = child_pids(w.pid)[0]
-        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(child), "-r", "250",
+        target = child_pids(w.pid)[0] if a.process == "child" else w.pid
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(target), "-r", "250",
                                 "--format", "raw", "-o", str(raw), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
@@ -61,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         frames = stack.split(";")
         total += n
         leaf[frames[-1].split(" (")[0] + " (" + frames[-1].split(" (")[-1]] += n
-        for f in set(fr for fr in frames if "/durable/" in fr or "durable/" in fr.split(" (")[-1]):
+        for f in set(frames):
             through[f] += n
     print(f"{total} samples")
     print("top leaf frames:")
     for f, n in leaf.most_common(20):
         print(f"  {100 * n / total:5.1f}%  {f}")
-    print("share of samples under each durable/ frame:")
-    for f, n in through.most_common(20):
+    print("share of samples under each frame (inclusive):")
+    for f, n in through.most_common(40):
         print(f"  {100 * n / total:5.1f}%  {f}")
     print(f"collapsed stacks: {raw}")
     return 0

@@ -106,22 +106,26 @@ class Database:
             yield conn
 
     @contextmanager
-    def driver_connection(self) -> Iterator[Any]:
-        """The pool's DBAPI connection itself, in autocommit (Postgres only),
-        for the statements on every step's path: SQLAlchemy's per-call work
-        (cache key, parameter processing, result setup) costs about as much
-        as the round trip. Inside `pinned()` the thread keeps one connection.
-        Driver errors come out as SQLAlchemy's, so `is_unavailable` reads
-        them like any other."""
+    def driver_cursor(self) -> Iterator[Any]:
+        """A cursor on the pool's DBAPI connection itself, in autocommit
+        (Postgres only), for the statements on every step's path:
+        SQLAlchemy's per-call work (cache key, parameter processing, result
+        setup) costs about as much as the round trip. Inside `pinned()` the
+        thread keeps one connection and cursor. Driver errors come out as
+        SQLAlchemy's, so `is_unavailable` reads them like any other."""
         self.ensure_schema()
         engine = self.autocommit_engine
         dialect = engine.dialect
         pin = self._pin if self._pinned_here() else None
-        fairy = pin.fairy if pin is not None and pin.fairy is not None else engine.raw_connection()
+        if pin is not None and pin.fairy is not None:
+            fairy, cursor = pin.fairy, pin.cursor
+        else:
+            fairy = engine.raw_connection()
+            cursor = fairy.driver_connection.cursor()
         try:
-            yield fairy.driver_connection
+            yield cursor
         except dialect.loaded_dbapi.Error as exc:
-            lost = dialect.is_disconnect(exc, fairy.dbapi_connection, None)
+            lost = dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
             if lost:
                 fairy.invalidate(exc)
             raise DBAPIError.instance(
@@ -130,10 +134,11 @@ class Database:
             ) from exc
         finally:
             if pin is not None and fairy.is_valid:
-                pin.fairy = fairy
+                pin.fairy, pin.cursor = fairy, cursor
             else:
                 if pin is not None:
-                    pin.fairy = None
+                    pin.fairy = pin.cursor = None
+                _close_quietly(cursor)
                 fairy.close()
 
     @contextmanager
@@ -144,12 +149,14 @@ class Database:
         if self._pinned_here():  # already pinned further up
             yield
             return
-        pin.active, pin.fairy, pin.pid = True, None, os.getpid()
+        pin.active, pin.fairy, pin.cursor, pin.pid = True, None, None, os.getpid()
         try:
             yield
         finally:
-            fairy, pin.active, pin.fairy = pin.fairy, False, None
+            fairy, cursor = pin.fairy, pin.cursor
+            pin.active, pin.fairy, pin.cursor = False, None, None
             if fairy is not None:
+                _close_quietly(cursor)
                 fairy.close()
 
     def _pinned_here(self) -> bool:
@@ -220,6 +227,13 @@ class Database:
                 conn.rollback()
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_ID})
                 conn.commit()
+
+
+def _close_quietly(cursor: Any) -> None:
+    try:
+        cursor.close()
+    except Exception:  # noqa: BLE001 - its connection may be gone already
+        pass
 
 
 def _tune_sqlite(engine: Engine) -> None:

@@ -155,14 +155,14 @@ def test_a_pinned_connection_the_server_dropped_is_replaced(create_pg_database):
     claim = store.claim("d", "o", NOW, LEASE, name_hint="wf")
     with store.db.pinned():
         assert store.write_step(claim.epoch, step_values("d", 0))
-        with store.db.driver_connection() as conn:
-            backend_pid = conn.info.backend_pid
+        with store.db.driver_cursor() as cursor:
+            backend_pid = cursor.connection.info.backend_pid
         with store.db.begin() as conn:
             conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend_pid})
         written = retry_while_unavailable(
             lambda: store.write_step(claim.epoch, step_values("d", 1)), "test", give_up_after_seconds=10
         )
         assert written
-        with store.db.driver_connection() as conn:
-            assert conn.info.backend_pid != backend_pid
+        with store.db.driver_cursor() as cursor:
+            assert cursor.connection.info.backend_pid != backend_pid
     assert [r["step_id"] for r in store.list_steps("d")] == [0, 1]

@@ -42,16 +42,12 @@ class Prebuilt:
             with self.db.begin() as c:
                 return _rows(c.execute(self.statement, params), first)
         sql, constants = self._driver_sql()
-        with self.db.driver_connection() as dbapi_conn:
-            cursor = dbapi_conn.cursor()
-            try:
-                cursor.execute(sql, {**constants, **params})
-                if self._names is None:  # building the description costs ~5 us a column
-                    self._names = [d[0] for d in cursor.description]
-                found = [cursor.fetchone()] if first else cursor.fetchall()
-                return [dict(zip(self._names, row)) for row in found if row is not None]
-            finally:
-                cursor.close()
+        with self.db.driver_cursor() as cursor:
+            cursor.execute(sql, {**constants, **params})
+            if self._names is None:  # building the description costs ~5 us a column
+                self._names = [d[0] for d in cursor.description]
+            found = [cursor.fetchone()] if first else cursor.fetchall()
+            return [dict(zip(self._names, row)) for row in found if row is not None]
 
     def _driver_sql(self) -> tuple[str, dict[str, Any]]:
         """The SQL text in the driver's parameter style, and the values of the
