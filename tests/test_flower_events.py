@@ -1,0 +1,71 @@
+"""What Flower sees. Workers do not send task events by default (they cost
+the worker's main process about as much as the rest of a workflow's
+bookkeeping); Flower turns them on with the `enable_events` broadcast it sends
+every few seconds. This test does what Flower does, with Celery's own event
+receiver, against a real worker on Redis."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from celery import Celery
+
+from tests.harness import Worker, wait_for
+
+
+@pytest.fixture
+def backend(pg_backend):
+    return pg_backend
+
+
+def test_flower_sees_durable_tasks_by_name_and_workflow_id(backend, client, effects_dir, tmp_path):
+    # started like docker-compose's workers: heartbeats on, so the event
+    # dispatcher is up (sending worker events only) and can be told to send task events
+    worker = Worker(backend.env(effects_dir), tmp_path / "worker.log")
+    worker.args = [a for a in worker.args if a not in ("--without-heartbeat", "--without-gossip")]
+    worker.start()
+    monitor = Celery("flower-like", broker=backend.broker_url)
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def receive() -> None:
+        with monitor.connection() as conn:
+            receiver = monitor.events.Receiver(conn, handlers={"*": seen.append})
+            while not stop.is_set():
+                try:
+                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
+                except TimeoutError:
+                    continue
+                except OSError:  # socket.timeout from the idle drain
+                    continue
+
+    listener = threading.Thread(target=receive, daemon=True)
+    listener.start()
+    try:
+        # Flower broadcasts enable_events periodically; the first broadcast
+        # may come before the worker listens, so do the same until events flow.
+        handles = []
+
+        def events_flowing() -> bool:
+            monitor.control.enable_events()
+            handles.append(client.enqueue("ten_steps"))
+            return any(e.get("type") == "task-succeeded" for e in seen)
+
+        wait_for(events_flowing, 30, "task events after enable_events", interval_s=1.0)
+        handle = handles[-1]
+        handle.result(timeout=30)
+        wait_for(lambda: any(e.get("type") == "task-succeeded" and e.get("uuid") in _uuids(seen, handle.workflow_id)
+                             for e in seen), 15, "the last workflow's task-succeeded event")
+    finally:
+        stop.set()
+        listener.join(timeout=5)
+        worker.stop()
+    received = [e for e in seen if e.get("type") == "task-received" and handle.workflow_id in e.get("args", "")]
+    assert received, [e.get("type") for e in seen]
+    assert received[0]["name"] == "durable:ten_steps"
+    assert repr(handle.workflow_id) in received[0]["args"]
+
+
+def _uuids(events: list[dict], workflow_id: str) -> set[str]:
+    return {e["uuid"] for e in events if e.get("type") == "task-received" and workflow_id in e.get("args", "")}
