@@ -78,15 +78,13 @@ workflows = Table(
     Index("ix_durable_workflows_name_status", "name", "status"),
 )
 
+# No foreign key to the workflow: every step write is fenced on the workflow
+# row already (see store.execution), and the key's check would lock that row
+# on every checkpoint (migration 0003).
 steps = Table(
     "durable_steps",
     metadata,
-    Column(
-        "workflow_id",
-        String(255),
-        ForeignKey("durable_workflows.workflow_id", ondelete="CASCADE"),
-        nullable=False,
-    ),
+    Column("workflow_id", String(255), nullable=False),
     Column("step_id", Integer, nullable=False),
     Column("name", String(255), nullable=False),
     Column("status", String(20), nullable=False),

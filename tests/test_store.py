@@ -166,3 +166,28 @@ def test_a_pinned_connection_the_server_dropped_is_replaced(create_pg_database):
         with store.db.driver_cursor() as cursor:
             assert cursor.connection.info.backend_pid != backend_pid
     assert [r["step_id"] for r in store.list_steps("d")] == [0, 1]
+
+
+def test_upgrade_from_0002_keeps_steps_and_drops_their_foreign_key(store: Store):
+    """Migration 0003 rebuilds the steps table on SQLite: rows must survive."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import inspect
+
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent.parent / "durable" / "migrations"))
+    with store.db.engine.connect() as conn:
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0002")
+        conn.commit()
+    store.db._migrated = True  # stay at 0002 while the rows go in
+    store.insert_workflow(new_row(workflow_id="old"))
+    claim = store.claim("old", "o", NOW, LEASE)
+    assert store.write_step(claim.epoch, step_values("old", 0))
+    with store.db.engine.connect() as conn:
+        assert inspect(conn).get_foreign_keys("durable_steps") != []
+    assert store.db.migrate() == Database.head_revision()
+    with store.db.engine.connect() as conn:
+        assert inspect(conn).get_foreign_keys("durable_steps") == []
+    assert [(r["step_id"], r["output"]) for r in store.list_steps("old")] == [(0, "1")]
+    assert store.write_step(claim.epoch, step_values("old", 1))
