@@ -182,3 +182,6 @@ def bind(durable: "Durable") -> None:
                 self.sweeper.stop()
 
     app.steps["worker"].add(RecoverySweeper)
+    from .pool_watch import PoolWatch  # a dead pool child is noticed within 0.5 s, not 5
+
+    app.steps["worker"].add(PoolWatch)
