@@ -5,6 +5,11 @@ renews every lease this process holds each lease_seconds / 3. A process
 that freezes (SIGSTOP, a stuck C call holding the GIL) stops renewing, its
 lease expires, and the sweeper hands the workflow to another worker; the
 frozen execution is then fenced out by the epoch when it wakes.
+
+A lease that was not renewed is reported only if its execution still runs
+and another execution took the workflow over (or it was cancelled): an
+execution that ended or suspended the workflow while the renewal was under
+way lost nothing.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import threading
 import time
 
+from .records import Status
 from .store import Store
 
 logger = logging.getLogger("durable.leases")
@@ -51,15 +57,43 @@ class LeaseKeeper:
         interval = self.lease_seconds / 3
         while True:
             self._wake.wait(interval)
-            with self._lock:
-                epochs = dict(self._epochs)
-                owner = self._owner
-            if not epochs:
-                continue
             try:
-                until_ms = int((time.time() + self.lease_seconds) * 1000)
-                lost = self.store.renew_leases(owner, epochs, until_ms)
-                for workflow_id in lost:
-                    logger.warning("lease on workflow %s was taken over or ended", workflow_id)
+                self.renew_once()
             except Exception as exc:  # noqa: BLE001 - retried next interval
                 logger.warning("could not renew leases: %s", exc)
+
+    def renew_once(self, now_ms: int | None = None) -> set[str]:
+        """Renew every lease this process holds; log and return the workflows
+        whose running execution lost its lease."""
+        with self._lock:
+            epochs = dict(self._epochs)
+            owner = self._owner
+        if not epochs:
+            return set()
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        until_ms = now + int(self.lease_seconds * 1000)
+        not_renewed = self.store.renew_leases(owner, epochs, until_ms)
+        lost = set()
+        for workflow_id in sorted(not_renewed):
+            why = self._why_lost(workflow_id, epochs[workflow_id])
+            if why is not None:
+                lost.add(workflow_id)
+                level = logging.INFO if why == "cancelled" else logging.WARNING
+                logger.log(level, "execution of workflow %s lost its lease: %s", workflow_id, why)
+        return lost
+
+    def _why_lost(self, workflow_id: str, epoch: int) -> str | None:
+        """Why a lease was not renewed, or None when nothing was lost: the
+        execution itself ended or suspended the workflow after the epochs
+        were read (it has untracked it, or is about to)."""
+        with self._lock:
+            if self._epochs.get(workflow_id) != epoch:
+                return None
+        row = self.store.workflow_row(workflow_id)
+        if row is None:
+            return "deleted"
+        if row["lease_epoch"] != epoch:
+            return "taken over by another execution"
+        if row["status"] == Status.CANCELLED.value:
+            return "cancelled"
+        return None

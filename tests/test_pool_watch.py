@@ -1,4 +1,5 @@
-"""A SIGKILLed pool child is reported by its worker, every time, and soon.
+"""A SIGKILLed pool child is reported by its worker, every time, and soon;
+a lease keeper reports only leases really lost.
 
 The first test runs real workers (SQLite with the filesystem broker, Postgres
 with Redis) whose lease is far longer than the test: a killed execution can
@@ -9,12 +10,20 @@ only be handed on by the worker reporting its child's death
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from durable import DurableClient, Settings
+from durable.client import new_workflow_row
+from durable.database import Database
+from durable.leases import LeaseKeeper
+from durable.records import Status
+from durable.store import Store
 from tests.harness import Backend, Worker, wait_for
 from tests.workflows import effects
 
@@ -110,3 +119,82 @@ def test_children_recycled_by_max_tasks_per_child_are_not_reported_lost(
     running = worker.log_path.read_text(errors="replace").split("Warm shutdown")[0]
     assert "WorkerLostError" not in running
     assert "exited with" not in running
+
+
+# --- the lease keeper -----------------------------------------------------------
+
+NOW = 1_800_000_000_000
+LEASE_MS = 5_000
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path: Path) -> Store:
+    if request.param == "sqlite":
+        return Store(Database(f"sqlite:///{tmp_path / 'store.sqlite3'}"))
+    return Store(Database(request.getfixturevalue("create_pg_database")("leases")))
+
+
+def claimed(store: Store, workflow_id: str, owner: str = "host:1") -> int:
+    row = new_workflow_row(Settings(), "wf", [], {}, workflow_id=workflow_id)
+    row["created_at_ms"] = row["updated_at_ms"] = NOW
+    store.insert_workflow(row)
+    claim = store.claim(workflow_id, owner, NOW, LEASE_MS)
+    assert claim is not None
+    return claim.epoch
+
+
+def quiet_keeper(store) -> LeaseKeeper:
+    """A keeper whose own thread stays asleep through the test: the test renews."""
+    return LeaseKeeper(store, lease_seconds=3600)
+
+
+class RacingStore:
+    """The store, with `meanwhile` run between the keeper reading its epochs
+    and renewing them: what the execution does in that window."""
+
+    def __init__(self, store: Store, meanwhile):
+        self.store = store
+        self.meanwhile = meanwhile
+
+    def renew_leases(self, owner: str, epochs: dict[str, int], until_ms: int) -> set[str]:
+        self.meanwhile()
+        return self.store.renew_leases(owner, epochs, until_ms)
+
+    def __getattr__(self, name: str):
+        return getattr(self.store, name)
+
+
+def test_a_workflow_that_ends_during_the_renewal_is_not_reported(store: Store, caplog):
+    ended, suspended, unfinished = (claimed(store, w) for w in ("ended", "suspended", "unfinished"))
+
+    def meanwhile() -> None:
+        store.finish("ended", ended, Status.SUCCESS, NOW + 1, output="null", has_parent=False)
+        keeper.untrack("ended")
+        # ended in the database, not untracked yet (it may be publishing its parent)
+        store.finish("unfinished", unfinished, Status.ERROR, NOW + 1, error="{}", has_parent=False)
+        store.suspend("suspended", suspended, None, NOW + 1)
+
+    keeper = quiet_keeper(RacingStore(store, meanwhile))
+    for workflow_id, epoch in (("ended", ended), ("suspended", suspended), ("unfinished", unfinished)):
+        keeper.track(workflow_id, epoch, "host:1")
+    with caplog.at_level(logging.INFO, logger="durable.leases"):
+        assert keeper.renew_once(now_ms=NOW + 2) == set()
+    assert caplog.records == []
+
+
+def test_a_lease_taken_over_or_cancelled_is_reported(store: Store, caplog):
+    taken, cancelled, kept = (claimed(store, w) for w in ("taken", "cancelled", "kept"))
+    # the lease of "taken" expired (a frozen process) and another worker claimed it
+    assert store.claim("taken", "host:2", NOW + LEASE_MS + 1, LEASE_MS) is not None
+    store.cancel("cancelled", NOW + 1)
+
+    keeper = quiet_keeper(store)
+    for workflow_id, epoch in (("taken", taken), ("cancelled", cancelled), ("kept", kept)):
+        keeper.track(workflow_id, epoch, "host:1")
+    with caplog.at_level(logging.INFO, logger="durable.leases"):
+        assert keeper.renew_once(now_ms=NOW + 2) == {"taken", "cancelled"}
+    reports = {(r.levelname, r.getMessage()) for r in caplog.records}
+    assert reports == {
+        ("WARNING", "execution of workflow taken lost its lease: taken over by another execution"),
+        ("INFO", "execution of workflow cancelled lost its lease: cancelled"),
+    }
