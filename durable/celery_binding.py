@@ -18,8 +18,9 @@ from celery.exceptions import WorkerLostError
 from celery.worker.request import Request
 
 from .engine import Execution, quarantine, unknown_workflow
-from .database import retry_while_unavailable
+from .database import is_unavailable, retry_while_unavailable
 from .leases import LeaseKeeper
+from .pool_watch import PoolWatch
 from .records import Status
 from .recovery import Sweeper
 from .settings import Settings
@@ -181,7 +182,20 @@ def bind(durable: "Durable") -> None:
             if self.sweeper is not None:
                 self.sweeper.stop()
 
-    app.steps["worker"].add(RecoverySweeper)
-    from .pool_watch import PoolWatch  # a dead pool child is noticed within 0.5 s, not 5
+    class SchemaBeforeFork(bootsteps.Step):
+        """Migrates in the worker's main process while the blueprint is built,
+        before the pool forks: a child forked while the sweeper thread is
+        migrating would inherit locks held by a thread it does not have."""
 
-    app.steps["worker"].add(PoolWatch)
+        def __init__(self, worker: Any, **kwargs: Any):
+            super().__init__(worker, **kwargs)
+            try:
+                durable.store.db.ensure_schema()
+            except Exception as exc:  # noqa: BLE001 - children migrate when it is back
+                if not is_unavailable(exc):
+                    raise
+                logger.warning("database unavailable at worker start (will retry): %s", exc)
+
+    app.steps["worker"].add(SchemaBeforeFork)
+    app.steps["worker"].add(RecoverySweeper)
+    app.steps["worker"].add(PoolWatch)  # a dead pool child is noticed within 0.5 s, not 5

@@ -10,6 +10,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -50,6 +51,7 @@ class Database:
         self._pid = 0
         self._lock = threading.Lock()
         self._pin = threading.local()
+        _ALL.add(self)
         self._migrated = False
 
     @property
@@ -159,6 +161,12 @@ class Database:
                 _close_quietly(cursor)
                 fairy.close()
 
+    def _after_fork_in_child(self) -> None:
+        # A lock another thread (the sweeper) held at fork time stays held
+        # in the child forever: a pool child forked then would hang.
+        self._lock = threading.Lock()
+        self._pin = threading.local()
+
     def _pinned_here(self) -> bool:
         # a pin inherited through fork belongs to the parent's engine
         return getattr(self._pin, "active", False) and self._pin.pid == os.getpid()
@@ -227,6 +235,17 @@ class Database:
                 conn.rollback()
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_ID})
                 conn.commit()
+
+
+_ALL: "weakref.WeakSet[Database]" = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for database in list(_ALL):
+        database._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
 def _close_quietly(cursor: Any) -> None:

@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -29,17 +28,9 @@ from tests.workflows import effects
 
 KILLS = 5
 SLOW_STEP = 4
-# Kill to the killed step starting again, for each kill. Measured 0.2-0.6 s
-# on Redis (the pool watch checks every 0.5 s) and 1.0-1.5 s on the
-# filesystem broker (billiard's supervisor thread, every 0.8 s); without the
-# watch, a death Celery misses waits for its 5 s maintain_pool timer. A
-# generous bound: the benchmark measures, this catches a 5 s wait when it shows.
-RECOVERY_BOUND_S = 4.0
-# A child forked while the worker's main process first opens the database
-# (its sweeper thread holding Database._lock, or importing alembic) inherits
-# the held lock and hangs at its first query: a fork-safety bug outside the
-# pool watch. These tests let the first sweeps pass before a child is replaced.
-SETTLE_S = 2.0
+# How fast the loss is noticed (the pool watch's 0.5 s against Celery's 5 s
+# maintain_pool timer) is a figure for the benchmark (`benchmarks.run --only
+# recovery`); this test checks that every kill is reported and handed on.
 
 
 def client_for(backend: Backend) -> DurableClient:
@@ -57,11 +48,9 @@ def test_every_killed_child_is_reported_and_only_its_step_runs_again(
 ):
     env = backend.env(effects_dir, DURABLE_LEASE_SECONDS="300")
     worker = Worker(env, tmp_path / "worker.log", concurrency=1).start()
-    time.sleep(SETTLE_S)
     client = client_for(backend)
     slow = f"step{SLOW_STEP}"
     victims: list[int] = []
-    recovery_s: list[float] = []
     try:
         for _ in range(KILLS):
             handle = client.enqueue("ten_steps", kwargs={"pause_seconds": 300.0, "slow_step": SLOW_STEP})
@@ -69,10 +58,8 @@ def test_every_killed_child_is_reported_and_only_its_step_runs_again(
             (victim,) = wait_for(lambda: step_runs(wid, slow), 60, f"{slow} to start")
             assert victim in worker.children() and victim not in victims  # a fresh child each time
             victims.append(victim)
-            killed_at = time.monotonic()
             os.kill(victim, signal.SIGKILL)
             wait_for(lambda: len(step_runs(wid, slow)) == 2, 60, f"{slow} to run again")
-            recovery_s.append(time.monotonic() - killed_at)
 
             assert handle.result(timeout=60)["sum"] == 385
             ran = [kind for kind, _, _ in effects(wid)]
@@ -88,7 +75,6 @@ def test_every_killed_child_is_reported_and_only_its_step_runs_again(
             assert crash["attempt"] == 1 and "SIGKILL" in crash["cause"], crash
     finally:
         worker.stop()
-    assert max(recovery_s) <= RECOVERY_BOUND_S, recovery_s
 
 
 def test_children_recycled_by_max_tasks_per_child_are_not_reported_lost(
@@ -100,7 +86,6 @@ def test_children_recycled_by_max_tasks_per_child_are_not_reported_lost(
     worker = Worker(backend.env(effects_dir), tmp_path / "worker.log", concurrency=2)
     worker.args.append("--max-tasks-per-child=1")
     worker.start()
-    time.sleep(SETTLE_S)
     client = client_for(backend)
     try:
         handles = [client.enqueue("ten_steps") for _ in range(8)]
