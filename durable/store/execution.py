@@ -55,7 +55,7 @@ class Claim:
 class ExecutionSql(StoreBase):
     def __init__(self, database: Database):
         super().__init__(database)
-        self._fenced_step_upsert = Prebuilt(database, self._build_fenced_step_upsert())
+        self._fenced_step_upserts: dict[frozenset[str], Prebuilt] = {}
         self._claim_unleased_stmt = Prebuilt(database, _build_claim_unleased())
         self._steps_stmt = Prebuilt(
             database, select(steps).where(S.workflow_id == bindparam("wid")).order_by(S.step_id)
@@ -251,31 +251,40 @@ class ExecutionSql(StoreBase):
                     )
             return False
 
-    def _build_fenced_step_upsert(self) -> Any:
+    def write_step(
+        self, epoch: int, values: dict[str, Any], conn: Connection | None = None
+    ) -> bool:
+        """Write a step row fenced by the epoch. False: nothing was written
+        (lease lost, workflow no longer running, or the outcome already final)."""
+        params = {c: values[c] for c in _STEP_COLUMNS if values.get(c) is not None}
+        key = frozenset(params)
+        upsert = self._fenced_step_upserts.get(key)
+        if upsert is None:
+            columns = tuple(c for c in _STEP_COLUMNS if c in key)
+            upsert = self._fenced_step_upserts[key] = Prebuilt(
+                self.db, self._build_fenced_step_upsert(columns)
+            )
+        params["fence_epoch"] = epoch
+        return upsert.first(params, conn) is not None
+
+    def _build_fenced_step_upsert(self, columns: tuple[str, ...]) -> Any:
         """INSERT the step row only while the execution still holds the lease;
-        a RETRYING row may be advanced, a final outcome never replaced."""
+        a RETRYING row may be advanced, a final outcome never replaced. One
+        statement per set of columns given: a plain success sends 7 values,
+        not all 12 (the others are NULL, and so are their `excluded` values)."""
         fence = exists().where(
-            W.workflow_id == bindparam("fence_workflow_id", type_=String),
+            W.workflow_id == bindparam("workflow_id", type_=String),
             W.lease_epoch == bindparam("fence_epoch", type_=Integer),
             W.status == Status.PENDING.value,
         )
-        source = select(*[bindparam(c, type_=_STEP_TYPES[c]) for c in _STEP_COLUMNS]).where(fence)
-        stmt = self._insert(steps).from_select(list(_STEP_COLUMNS), source)
+        source = select(*[bindparam(c, type_=_STEP_TYPES[c]) for c in columns]).where(fence)
+        stmt = self._insert(steps).from_select(list(columns), source)
         updatable = [c for c in _STEP_COLUMNS if c not in ("workflow_id", "step_id", "started_at_ms")]
         return stmt.on_conflict_do_update(
             index_elements=["workflow_id", "step_id"],
             set_={c: stmt.excluded[c] for c in updatable},
             where=S.status == StepStatus.RETRYING.value,
         ).returning(S.step_id)
-
-    def write_step(
-        self, epoch: int, values: dict[str, Any], conn: Connection | None = None
-    ) -> bool:
-        """Write a step row fenced by the epoch. False: nothing was written
-        (lease lost, workflow no longer running, or the outcome already final)."""
-        params = {c: values.get(c) for c in _STEP_COLUMNS}
-        params.update(fence_workflow_id=values["workflow_id"], fence_epoch=epoch)
-        return self._fenced_step_upsert.first(params, conn) is not None
 
     def step_row(self, workflow_id: str, step_id: int) -> dict[str, Any] | None:
         with self.db.begin() as conn:
