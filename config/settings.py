@@ -19,10 +19,11 @@ def celery_options(settings: Settings) -> dict[str, Any]:
         # workflow (three Redis publishes), as much as the rest of its
         # bookkeeping. Flower turns them on itself while it runs (its
         # enable_events broadcast), so workers start without them; `celery
-        # worker -E` or this option turns them on for good. Sent events are
-        # the client's: they let Flower show work before a worker takes it.
+        # worker -E` or this option turns them on for good. A sent event is
+        # a second publish on every start() (a quarter of its cost) and only
+        # shows a task in Flower before a worker receives it: off.
         "worker_send_task_events": False,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,
         "broker_connection_retry_on_startup": True,
         # Workflow tasks are long-lived; a small prefetch keeps a killed
         # worker from holding many unclaimed messages.

@@ -132,6 +132,11 @@ class WorkflowCancelledError(DurableError):
     """The workflow was cancelled (by an operator, a parent, or its deadline)."""
 
 
+class NotInWorkflowError(DurableError):
+    """A helper that belongs to a workflow (recv, set_event) was called
+    elsewhere, or a module-level helper cannot tell which app to use."""
+
+
 __all__ = [
     "DurableError",
     "WorkflowNotFoundError",
@@ -147,4 +152,5 @@ __all__ = [
     "AwaitedWorkflowMaxRecoveryAttemptsExceededError",
     "WorkflowTimeoutError",
     "WorkflowCancelledError",
+    "NotInWorkflowError",
 ]

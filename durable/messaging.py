@@ -33,7 +33,7 @@ from . import serialization as ser
 from .context import current_execution, current_step
 from .database import retry_while_unavailable
 from .engine import Suspend, now_ms
-from .errors import DurableError, WorkflowNotFoundError
+from .errors import NotInWorkflowError, WorkflowNotFoundError
 from .records import StepStatus
 from .store import Doorbell
 
@@ -52,11 +52,6 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 _POLL_FIRST_SECONDS = 0.05
 _POLL_MAX_SECONDS = 0.5
 _UNSET: Any = object()
-
-
-class NotInWorkflowError(DurableError):
-    """A helper that belongs to a workflow (recv, set_event) was called
-    elsewhere, or a module-level helper cannot tell which app to use."""
 
 
 # --- module-level helpers -----------------------------------------------------------
