@@ -37,6 +37,9 @@ class StoreBase:
         self.db = database
         self._insert = sqlite.insert if database.is_sqlite else postgresql.insert
         self._inserts: dict[tuple[str, ...], Prebuilt] = {}
+        self._steps_stmt = Prebuilt(
+            database, select(steps).where(S.workflow_id == bindparam("wid")).order_by(S.step_id)
+        )
 
     def insert_workflow(self, row: dict[str, Any], conn: Connection | None = None) -> StartResult:
         """Insert a workflow; an existing ID returns that workflow instead, a held
@@ -75,12 +78,9 @@ class StoreBase:
                 )
             ).scalar()
 
-    @staticmethod
-    def _steps_of(conn: Connection, workflow_id: str) -> dict[int, dict[str, Any]]:
-        result = conn.execute(
-            select(steps).where(S.workflow_id == workflow_id).order_by(S.step_id)
-        ).mappings()
-        return {r["step_id"]: dict(r) for r in result}
+    def steps_of(self, workflow_id: str, conn: Connection | None = None) -> dict[int, dict[str, Any]]:
+        """A workflow's step rows by step_id, in one query."""
+        return {r["step_id"]: r for r in self._steps_stmt.all(dict(wid=workflow_id), conn)}
 
     @staticmethod
     def _wake(conn: Connection, workflow_id: str, now_ms: int) -> None:

@@ -50,6 +50,15 @@ class Claim:
     last_death: str | None
     steps: dict[int, dict[str, Any]]
 
+    @classmethod
+    def of(cls, workflow_id: str, row: Any, **decided: Any) -> "Claim":
+        """The workflow's own columns from its row, the rest as the claim decided."""
+        return cls(
+            workflow_id=workflow_id, name=row["name"], inputs=row["inputs"], queue=row["queue"],
+            parent_workflow_id=row["parent_workflow_id"], deadline_at_ms=row["deadline_at_ms"],
+            last_death=row["last_death"], **decided,
+        )
+
 
 
 class ExecutionSql(StoreBase):
@@ -57,9 +66,6 @@ class ExecutionSql(StoreBase):
         super().__init__(database)
         self._fenced_step_upserts: dict[frozenset[str], Prebuilt] = {}
         self._claim_unleased_stmt = Prebuilt(database, _build_claim_unleased())
-        self._steps_stmt = Prebuilt(
-            database, select(steps).where(S.workflow_id == bindparam("wid")).order_by(S.step_id)
-        )
         self._finish_stmt = Prebuilt(database, _build_finish())
         self._suspend_stmts = {
             waits_for_timer: Prebuilt(database, _build_suspend(waits_for_timer))
@@ -104,24 +110,11 @@ class ExecutionSql(StoreBase):
         # Nobody else writes this workflow's steps while we hold the lease,
         # so reading them after the claim sees what a transaction would.
         step_rows = self.steps_of(workflow_id) if row["has_steps"] else {}
-        return Claim(
-            workflow_id=workflow_id,
-            name=row["name"],
-            status=Status.PENDING.value,
-            epoch=row["lease_epoch"],
-            inputs=row["inputs"],
-            recovered=False,
-            recovery_attempts=row["recovery_attempts"],
-            max_recovery_attempts=row["max_recovery_attempts"],
-            queue=row["queue"],
-            parent_workflow_id=row["parent_workflow_id"],
-            deadline_at_ms=row["deadline_at_ms"],
-            last_death=row["last_death"],
-            steps=step_rows,
+        return Claim.of(
+            workflow_id, row, status=Status.PENDING.value, epoch=row["lease_epoch"],
+            recovered=False, recovery_attempts=row["recovery_attempts"],
+            max_recovery_attempts=row["max_recovery_attempts"], steps=step_rows,
         )
-
-    def steps_of(self, workflow_id: str) -> dict[int, dict[str, Any]]:
-        return {r["step_id"]: r for r in self._steps_stmt.all(dict(wid=workflow_id))}
 
     def _claim_lost_or_none(
         self,
@@ -181,21 +174,11 @@ class ExecutionSql(StoreBase):
             ).rowcount
             if won != 1:
                 return None
-            step_rows = {} if quarantine else self._steps_of(conn, workflow_id)
-        return Claim(
-            workflow_id=workflow_id,
-            name=row["name"],
-            status=values["status"],
-            epoch=values["lease_epoch"],
-            inputs=row["inputs"],
-            recovered=recovered,
-            recovery_attempts=attempts,
-            max_recovery_attempts=max_recovery,
-            queue=row["queue"],
-            parent_workflow_id=row["parent_workflow_id"],
-            deadline_at_ms=row["deadline_at_ms"],
-            last_death=row["last_death"],
-            steps=step_rows,
+            step_rows = {} if quarantine else self.steps_of(workflow_id, conn)
+        return Claim.of(
+            workflow_id, row, status=values["status"], epoch=values["lease_epoch"],
+            recovered=recovered, recovery_attempts=attempts,
+            max_recovery_attempts=max_recovery, steps=step_rows,
         )
 
     def renew_leases(self, owner: str, epochs: dict[str, int], until_ms: int) -> set[str]:

@@ -64,8 +64,7 @@ class ManagementSql(StoreBase):
         return {status: count for status, count in rows}
 
     def list_steps(self, workflow_id: str) -> list[dict[str, Any]]:
-        with self.db.begin() as conn:
-            return list(self._steps_of(conn, workflow_id).values())
+        return list(self.steps_of(workflow_id).values())
 
     def cancel(self, workflow_id: str, now_ms: int, error: str | None = None) -> list[str]:
         """Cancel a workflow and its active descendants; wake each one's parent.
