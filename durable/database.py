@@ -122,7 +122,14 @@ class Database:
         if pin is not None and pin.fairy is not None:
             fairy, cursor = pin.fairy, pin.cursor
         else:
-            fairy = engine.raw_connection()
+            try:
+                fairy = engine.raw_connection()
+            except dialect.loaded_dbapi.Error as exc:
+                # the pool hands out the driver's own error when it cannot
+                # connect (the server is down): say it as SQLAlchemy would
+                raise DBAPIError.instance(
+                    None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+                ) from exc
             cursor = fairy.driver_connection.cursor()
         try:
             yield cursor

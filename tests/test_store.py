@@ -4,15 +4,18 @@ lease epoch, lost executions are counted and quarantined in the claim."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 
 from durable.client import new_workflow_row
-from durable.database import Database, retry_while_unavailable
+from durable.database import Database, is_unavailable, retry_while_unavailable
 from durable.records import Status
 from durable.schema import metadata
 from durable.settings import Settings
@@ -191,3 +194,22 @@ def test_upgrade_from_0002_keeps_steps_and_drops_their_foreign_key(store: Store)
         assert inspect(conn).get_foreign_keys("durable_steps") == []
     assert [(r["step_id"], r["output"]) for r in store.list_steps("old")] == [(0, "1")]
     assert store.write_step(claim.epoch, step_values("old", 1))
+
+
+def test_a_server_that_is_down_reads_as_unavailable_on_the_driver_path():
+    """The pool raises the driver's own error when it cannot connect; the
+    checkpoint path must see SQLAlchemy's, which `retry_while_unavailable`
+    waits out, or a database restart would fail workflows."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens here
+    database = Database(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none")
+    database._migrated = True
+    store = Store(database)
+    for pinned in (False, True):
+        with (database.pinned() if pinned else contextlib.nullcontext()):
+            with pytest.raises(OperationalError) as raised:
+                retry_while_unavailable(
+                    lambda: store.write_step(1, step_values("w", 0)), "test", give_up_after_seconds=0.2
+                )
+        assert is_unavailable(raised.value)
