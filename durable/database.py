@@ -122,15 +122,19 @@ class Database:
         if pin is not None and pin.fairy is not None:
             fairy, cursor = pin.fairy, pin.cursor
         else:
+            fairy = None
             try:
                 fairy = engine.raw_connection()
+                cursor = fairy.driver_connection.cursor()
             except dialect.loaded_dbapi.Error as exc:
                 # the pool hands out the driver's own error when it cannot
                 # connect (the server is down): say it as SQLAlchemy would
+                if fairy is not None:
+                    fairy.invalidate(exc)
                 raise DBAPIError.instance(
-                    None, None, exc, dialect.loaded_dbapi.Error, dialect=dialect
+                    None, None, exc, dialect.loaded_dbapi.Error,
+                    connection_invalidated=fairy is not None, dialect=dialect,
                 ) from exc
-            cursor = fairy.driver_connection.cursor()
         try:
             yield cursor
         except dialect.loaded_dbapi.Error as exc:
