@@ -99,7 +99,7 @@ class WorkflowHandle:
     def result(self, timeout: float | None = None, poll_interval_seconds: float = 0.2) -> Any:
         execution = current_execution()
         if execution is not None and current_step() is None:
-            return execution.await_workflow(self.workflow_id)
+            return execution.await_workflow(self.workflow_id, timeout)
         from .engine import outcome_error
 
         store = self._management.store

@@ -320,7 +320,17 @@ class Execution:
         self.durable.dispatcher.publish(child_id, name, child_row["queue"], child_row["priority"])
         return child_id
 
-    def await_workflow(self, workflow_id: str) -> Any:
+    def await_workflow(self, workflow_id: str, timeout: float | None = None) -> Any:
+        """A workflow's outcome; suspends until it ends. With a timeout, its
+        deadline is recorded first, so a replay waits for the same instant,
+        and a wait that outlives it is recorded as a TimeoutError."""
+        deadline_ms = None
+        if timeout is not None:
+            if timeout < 0:
+                raise ValueError(f"timeout must be >= 0, got {timeout!r}")
+            deadline_ms = self.record_value(
+                "durable.result.deadline", lambda: now_ms() + int(timeout * 1000)
+            )
         step_id, row = self._reserve("durable.result")
         if row is not None and row["status"] != StepStatus.RETRYING.value:
             return self._replay(row, self.workflow_id)
@@ -332,8 +342,9 @@ class Execution:
 
             raise WorkflowNotFoundError(workflow_id)
         status = outcome["status"]
-        if status in (Status.ENQUEUED.value, Status.PENDING.value):
-            raise Suspend(None)  # the child wakes us when it ends
+        waiting = status in (Status.ENQUEUED.value, Status.PENDING.value)
+        if waiting and (deadline_ms is None or now_ms() < deadline_ms):
+            raise Suspend(deadline_ms)  # the child wakes us when it ends; the sweeper at the deadline
         base = dict(
             step_id=step_id, name="durable.result", attempts=1, child_workflow_id=workflow_id,
             started_at_ms=now_ms(), completed_at_ms=now_ms(),
@@ -341,7 +352,12 @@ class Execution:
         if status == Status.SUCCESS.value:
             existing = self._checkpoint(dict(base, status=StepStatus.SUCCESS.value, output=outcome["output"]))
             return ser.loads(outcome["output"]) if existing is None else self._replay(existing, self.workflow_id)
-        error = outcome_error(workflow_id, status, outcome["error"])
+        if waiting:
+            error: BaseException = TimeoutError(
+                f"workflow {workflow_id!r} still {status} after {timeout}s"
+            )
+        else:
+            error = outcome_error(workflow_id, status, outcome["error"])
         existing = self._checkpoint(dict(base, status=StepStatus.ERROR.value, error=ser.dumps_error(error)))
         if existing is not None:
             return self._replay(existing, self.workflow_id)

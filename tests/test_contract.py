@@ -142,3 +142,20 @@ def test_flushed_redis_loses_no_workflow(backend, client, start_worker, effects_
     for handle in queued:
         ran = [k for k, _, _ in effects(handle.workflow_id)]
         assert sorted(ran) == sorted(f"step{i}" for i in range(1, 11))
+
+
+def test_awaiting_a_child_with_a_timeout_inside_a_workflow(client, start_worker):
+    start_worker()
+    quick = client.enqueue("await_child_with_timeout", args=[0.1, 30.0])
+    assert quick.result(timeout=60)["result"] == "done"
+
+    slow = client.enqueue("await_child_with_timeout", args=[8.0, 1.0])
+    outcome = slow.result(timeout=60)
+    assert outcome["result"] == "timed out" and "still" in outcome["error"]
+    # the parent ended at its deadline, while the child was still running
+    assert client.get(outcome["child"]).status is not Status.SUCCESS
+    steps = {s.name: s for s in client.list_steps(slow.workflow_id)}
+    assert steps["durable.result"].status == "ERROR"
+    assert steps["durable.result"].error.type.endswith("TimeoutError")
+    assert "durable.result.deadline" in steps
+    assert client.handle(outcome["child"]).result(timeout=60) == "done"  # the child goes on

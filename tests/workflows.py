@@ -73,3 +73,13 @@ def slow_echo(value: str, seconds: float) -> str:
 @dur.workflow()
 def slow_workflow(value: str, seconds: float) -> str:
     return slow_echo(value, seconds)
+
+
+@dur.workflow()
+def await_child_with_timeout(child_seconds: float, timeout: float) -> dict:
+    """Waits for a child at most `timeout` seconds (suspended meanwhile)."""
+    child = slow_workflow.start("done", child_seconds)
+    try:
+        return {"child": child.workflow_id, "result": child.result(timeout=timeout)}
+    except TimeoutError as exc:
+        return {"child": child.workflow_id, "result": "timed out", "error": str(exc)}
