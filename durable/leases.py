@@ -47,11 +47,12 @@ class LeaseKeeper:
             self._epochs.pop(workflow_id, None)
 
     def _ensure_thread(self) -> None:
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            return
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._loop, name="durable-lease-keeper", daemon=True)
-        self._thread.start()
+        with self._lock:  # executions on a threads pool track at once: one keeper
+            if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+                return
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._loop, name="durable-lease-keeper", daemon=True)
+            self._thread.start()
 
     def _loop(self) -> None:
         interval = self.lease_seconds / 3
