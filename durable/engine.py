@@ -40,6 +40,10 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# How often a workflow awaiting a workflow that is not its child looks again.
+_POLL_OTHER_WORKFLOW_MS = 2_000
+
+
 class Suspend(BaseException):
     """Unwinds a workflow that must wait; BaseException so user code's
     `except Exception` cannot swallow it."""
@@ -344,7 +348,13 @@ class Execution:
         status = outcome["status"]
         waiting = status in (Status.ENQUEUED.value, Status.PENDING.value)
         if waiting and (deadline_ms is None or now_ms() < deadline_ms):
-            raise Suspend(deadline_ms)  # the child wakes us when it ends; the sweeper at the deadline
+            # A child wakes its parent when it ends; any other workflow is
+            # looked at again every few seconds, so no waiter is left in limbo.
+            wake_at = deadline_ms
+            if outcome["parent_workflow_id"] != self.workflow_id:
+                poll_at = now_ms() + _POLL_OTHER_WORKFLOW_MS
+                wake_at = poll_at if wake_at is None else min(wake_at, poll_at)
+            raise Suspend(wake_at)  # the sweeper publishes us at wake_at
         base = dict(
             step_id=step_id, name="durable.result", attempts=1, child_workflow_id=workflow_id,
             started_at_ms=now_ms(), completed_at_ms=now_ms(),

@@ -159,3 +159,11 @@ def test_awaiting_a_child_with_a_timeout_inside_a_workflow(client, start_worker)
     assert steps["durable.result"].error.type.endswith("TimeoutError")
     assert "durable.result.deadline" in steps
     assert client.handle(outcome["child"]).result(timeout=60) == "done"  # the child goes on
+
+
+def test_awaiting_a_workflow_that_is_not_a_child_is_never_left_waiting(client, start_worker):
+    start_worker()
+    other = client.enqueue("slow_workflow", args=["other", 3.0])
+    waiter = client.enqueue("await_other", args=[other.workflow_id])
+    assert waiter.result(timeout=60) == "other"
+    assert other.status().completed_at <= waiter.status().completed_at

@@ -83,3 +83,9 @@ def await_child_with_timeout(child_seconds: float, timeout: float) -> dict:
         return {"child": child.workflow_id, "result": child.result(timeout=timeout)}
     except TimeoutError as exc:
         return {"child": child.workflow_id, "result": "timed out", "error": str(exc)}
+
+
+@dur.workflow()
+def await_other(workflow_id: str) -> str:
+    """Waits for a workflow that is not its child (nothing wakes it when that ends)."""
+    return dur.handle(workflow_id).result()

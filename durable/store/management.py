@@ -24,7 +24,9 @@ class ManagementSql(StoreBase):
     def workflow_outcome(self, workflow_id: str) -> dict[str, Any] | None:
         with self.db.begin() as conn:
             row = conn.execute(
-                select(W.status, W.output, W.error).where(W.workflow_id == workflow_id)
+                select(W.status, W.output, W.error, W.parent_workflow_id).where(
+                    W.workflow_id == workflow_id
+                )
             ).mappings().first()
             return dict(row) if row else None
 
