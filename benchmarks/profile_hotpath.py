@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import importlib
 import io
 import os
 import pstats
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(DURABLE_DATABASE_URL=url, DURABLE_BROKER_URL=redis.url,
                           DURABLE_HOME=str(tmp / "home"), BENCH_DIR=str(tmp))
         from workers.app import dur
-        import benchmarks.workloads  # noqa: F401
+        importlib.import_module("benchmarks.workloads")  # registers the bench.* workflows
         import psycopg
 
         dur.migrate()
