@@ -39,7 +39,7 @@ th{background:#f4f4f4}pre{background:#f8f8f8;padding:6px;margin:0;white-space:pr
 """
 
 
-def esc(value: Any) -> str:
+def esc(value: object) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
@@ -61,7 +61,7 @@ def _link(workflow_id: str | None) -> str:
     return f'<a href="{esc(workflow_href(workflow_id))}">{esc(workflow_id)}</a>'
 
 
-def _status(status: Any) -> str:
+def _status(status: str) -> str:
     return f'<span class="{esc(status)}">{esc(status)}</span>'
 
 
@@ -96,9 +96,16 @@ class Dashboard:
             raise ValueError(f"unknown status {status!r}")
         limit = max(1, min(int(params.get("limit") or PAGE_SIZE), MAX_LIMIT))
         offset = max(0, int(params.get("offset") or 0))
-        filters = {"status": status, "name": params.get("name") or None, "queue": params.get("queue") or None}
-        rows = self.management.list_workflows(**filters, limit=limit + 1, offset=offset)
-        return {**filters, "limit": limit, "offset": offset, "more": len(rows) > limit}, rows[:limit]
+        name = params.get("name") or None
+        queue = params.get("queue") or None
+        rows = self.management.list_workflows(
+            status=status, name=name, queue=queue, limit=limit + 1, offset=offset
+        )
+        page: dict[str, Any] = {
+            "status": status, "name": name, "queue": queue,
+            "limit": limit, "offset": offset, "more": len(rows) > limit,
+        }
+        return page, rows[:limit]
 
     def detail(self, workflow_id: str) -> tuple[WorkflowStatus, list[StepInfo], list[WorkflowStatus]]:
         workflow = self.management.get(workflow_id)

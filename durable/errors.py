@@ -36,7 +36,7 @@ class WorkflowNotFoundError(DurableError):
         super().__init__(f"workflow {workflow_id!r} not found")
         self.workflow_id = workflow_id
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[DurableError], tuple[Any, ...]]:
         return (type(self), (self.workflow_id,))
 
 
@@ -51,7 +51,7 @@ class DuplicateWorkflowError(DurableError):
         self.queue = queue
         self.workflow_id = holder_workflow_id
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[DurableError], tuple[Any, ...]]:
         return (type(self), (self.dedup_key, self.queue, self.workflow_id))
 
 
@@ -76,7 +76,7 @@ class NonDeterministicWorkflowError(DurableError):
         self.recorded = recorded
         self.called = called
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[DurableError], tuple[Any, ...]]:
         return (type(self), (self.workflow_id, self.step_id, self.recorded, self.called))
 
 
@@ -91,7 +91,7 @@ class MaxStepRetriesExceededError(DurableError):
         self.attempts = attempts
         self.errors = errors
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[DurableError], tuple[Any, ...]]:
         return (type(self), (self.step_name, self.attempts, self.errors))
 
 
@@ -112,7 +112,7 @@ class WorkflowFailedError(DurableError):
         self.error_type = error_type
         self.error_message = message
 
-    def __reduce__(self) -> Any:
+    def __reduce__(self) -> tuple[type[DurableError], tuple[Any, ...]]:
         return (type(self), (self.workflow_id, self.error_type, self.error_message))
 
 

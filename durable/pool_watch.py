@@ -48,7 +48,7 @@ def _async_pool(worker: Any) -> Any:
     return inner if isinstance(inner, AsynPool) else None
 
 
-class PoolWatch(bootsteps.StartStopStep):
+class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped: its classes are Any
     """Calls the prefork pool's maintain_pool every CHECK_INTERVAL_SECONDS."""
 
     label = "durable pool watch"

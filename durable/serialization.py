@@ -14,6 +14,7 @@ import decimal
 import enum
 import importlib
 import json
+import sys
 import traceback as tb
 import uuid
 from typing import Any
@@ -101,7 +102,7 @@ def _decode(value: Any) -> Any:
     tag = value.get(_TAG)
     if tag is None:
         return {k: _decode(v) for k, v in value.items()}
-    raw = value.get(_VALUE)
+    raw: Any = value.get(_VALUE)  # JSON: what it holds depends on the tag
     if tag == "dict":
         return {k: _decode(v) for k, v in raw.items()}
     if tag == "map":
@@ -231,5 +232,9 @@ def rebuild_error(record: dict[str, Any], workflow_id: str = "") -> BaseExceptio
         exc = cls(*args)
     except Exception:
         exc = WorkflowFailedError(workflow_id, type_name, record.get("message", ""))
-    exc.__notes__ = [f"original traceback:\n{record.get('traceback', '')}"]
+    notes = [f"original traceback:\n{record.get('traceback', '')}"]
+    if sys.version_info >= (3, 11):
+        exc.__notes__ = notes
+    else:  # before 3.11 notes are a plain attribute (not shown in tracebacks)
+        setattr(exc, "__notes__", notes)
     return exc

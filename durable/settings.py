@@ -90,7 +90,7 @@ class Settings:
         }
 
 
-def _parse(name: str, annotation: Any, raw: str) -> Any:
+def _parse(name: str, annotation: object, raw: str) -> Any:
     kind = str(annotation)
     try:
         if kind == "float":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
+from types import FrameType
 from typing import Any, Callable
 
 from .errors import StepTimeoutError
@@ -26,8 +27,10 @@ def call_with_timeout(
     return _with_thread(fn, args, kwargs, timeout_seconds, name)
 
 
-def _with_alarm(fn: Callable[..., Any], args: Any, kwargs: Any, seconds: float, name: str) -> Any:
-    def _expired(_signum: int, _frame: Any) -> None:
+def _with_alarm(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], seconds: float, name: str
+) -> Any:
+    def _expired(_signum: int, _frame: FrameType | None) -> None:
         raise StepTimeoutError(f"step {name} timed out after {seconds:g}s")
 
     previous = signal.signal(signal.SIGALRM, _expired)
@@ -39,7 +42,9 @@ def _with_alarm(fn: Callable[..., Any], args: Any, kwargs: Any, seconds: float, 
         signal.signal(signal.SIGALRM, previous)
 
 
-def _with_thread(fn: Callable[..., Any], args: Any, kwargs: Any, seconds: float, name: str) -> Any:
+def _with_thread(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], seconds: float, name: str
+) -> Any:
     outcome: dict[str, Any] = {}
 
     def _target() -> None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from sqlalchemy import BigInteger, Integer, String, Text, bindparam, case, exists, func, or_, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.selectable import ExecutableReturnsRows
+from sqlalchemy.types import TypeEngine
 
 from ..database import Database
 from ..records import ACTIVE_STATUSES, Status, StepStatus
@@ -24,7 +27,7 @@ _STEP_COLUMNS = (
     "workflow_id", "step_id", "name", "status", "output", "error", "attempt_errors",
     "attempts", "child_workflow_id", "next_attempt_at_ms", "started_at_ms", "completed_at_ms",
 )
-_STEP_TYPES = {
+_STEP_TYPES: dict[str, type[TypeEngine[Any]]] = {
     "workflow_id": String, "step_id": Integer, "name": String, "status": String,
     "output": Text, "error": Text, "attempt_errors": Text, "attempts": Integer,
     "child_workflow_id": String, "next_attempt_at_ms": BigInteger,
@@ -51,7 +54,7 @@ class Claim:
     steps: dict[int, dict[str, Any]]
 
     @classmethod
-    def of(cls, workflow_id: str, row: Any, **decided: Any) -> "Claim":
+    def of(cls, workflow_id: str, row: Mapping[str, Any] | RowMapping, **decided: Any) -> "Claim":
         """The workflow's own columns from its row, the rest as the claim decided."""
         return cls(
             workflow_id=workflow_id, name=row["name"], inputs=row["inputs"], queue=row["queue"],
@@ -250,7 +253,7 @@ class ExecutionSql(StoreBase):
         params["fence_epoch"] = epoch
         return upsert.first(params, conn) is not None
 
-    def _build_fenced_step_upsert(self, columns: tuple[str, ...]) -> Any:
+    def _build_fenced_step_upsert(self, columns: tuple[str, ...]) -> ExecutableReturnsRows:
         """INSERT the step row only while the execution still holds the lease;
         a RETRYING row may be advanced, a final outcome never replaced. One
         statement per set of columns given: a plain success sends 7 values,
@@ -309,9 +312,12 @@ class ExecutionSql(StoreBase):
                       err=error, now=now_ms)
         if not has_parent:
             row = self._finish_stmt.first(params)
-            if row is not None and row["parent_workflow_id"]:  # the caller was wrong: wake anyway
-                self.wake(row["parent_workflow_id"], now_ms)
-            return row is not None, row and row["parent_workflow_id"]
+            if row is None:
+                return False, None
+            parent = row["parent_workflow_id"]
+            if parent:  # the caller was wrong: wake anyway
+                self.wake(parent, now_ms)
+            return True, parent
         with self.db.begin() as conn:
             row = self._finish_stmt.first(params, conn)
             if row is None:
@@ -363,7 +369,7 @@ class ExecutionSql(StoreBase):
         return True
 
 
-def _build_claim_unleased() -> Any:
+def _build_claim_unleased() -> ExecutableReturnsRows:
     has_steps = select(S.step_id).where(S.workflow_id == bindparam("wid")).limit(1).exists()
     return (
         update(workflows)
@@ -389,7 +395,7 @@ def _build_claim_unleased() -> Any:
     )
 
 
-def _fenced_by_epoch() -> Any:
+def _fenced_by_epoch() -> tuple[ColumnElement[bool], ...]:
     return (
         W.workflow_id == bindparam("wid"),
         W.lease_epoch == bindparam("epoch"),
@@ -397,7 +403,7 @@ def _fenced_by_epoch() -> Any:
     )
 
 
-def _build_finish() -> Any:
+def _build_finish() -> ExecutableReturnsRows:
     return (
         update(workflows)
         .where(*_fenced_by_epoch())
@@ -410,9 +416,9 @@ def _build_finish() -> Any:
     )
 
 
-def _build_suspend(waits_for_timer: bool) -> Any:
+def _build_suspend(waits_for_timer: bool) -> ExecutableReturnsRows:
     current = W.redispatch_at_ms
-    redispatch: Any = current
+    redispatch: ColumnElement[Any] = current
     if waits_for_timer:  # the earlier of the timer and a wake-up already there
         wake_at = bindparam("wake_at", type_=BigInteger)
         redispatch = case((current.is_(None), wake_at), (current < wake_at, current), else_=wake_at)

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.engine import Connection
-from sqlalchemy.sql.expression import Executable
+from sqlalchemy.engine import Connection, CursorResult
+from sqlalchemy.sql.selectable import ExecutableReturnsRows
 
 from ..database import Database
 
@@ -22,7 +22,7 @@ from ..database import Database
 class Prebuilt:
     """A statement that returns rows (SELECT, or a write with RETURNING)."""
 
-    def __init__(self, db: Database, statement: Executable):
+    def __init__(self, db: Database, statement: ExecutableReturnsRows):
         self.db = db
         self.statement = statement
         self._compiled: tuple[str, dict[str, Any]] | None = None
@@ -60,7 +60,7 @@ class Prebuilt:
         return self._compiled
 
 
-def _rows(result: Any, first: bool) -> list[dict[str, Any]]:
+def _rows(result: CursorResult[Any], first: bool) -> list[dict[str, Any]]:
     if not result.returns_rows:
         return []
     mappings = result.mappings()

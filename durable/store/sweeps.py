@@ -3,7 +3,7 @@ workflows past their deadline."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, case, or_, select, update
 
@@ -13,6 +13,9 @@ from .base import StoreBase, W
 
 
 class SweepSql(StoreBase):
+    if TYPE_CHECKING:  # from ManagementSql, beside which `Store` composes this
+        def cancel(self, workflow_id: str, now_ms: int, error: str | None = None) -> list[str]: ...
+
     def due_for_dispatch(
         self, now_ms: int, redelivery_ms: int, limit: int = 500, expired_leases: bool = True
     ) -> list[dict[str, Any]]:
@@ -53,7 +56,7 @@ class SweepSql(StoreBase):
                     W.status.in_(ACTIVE_STATUSES), W.deadline_at_ms <= now_ms
                 )
             ).scalars().all()
-        cancelled = []
+        cancelled: list[str] = []
         for workflow_id in ids:
             cancelled.extend(self.cancel(workflow_id, now_ms, error=error))
         return cancelled

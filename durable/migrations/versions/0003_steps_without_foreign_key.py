@@ -27,7 +27,8 @@ def upgrade() -> None:
             pass
         return
     for fk in sa.inspect(conn).get_foreign_keys("durable_steps"):
-        if fk["referred_table"] == "durable_workflows":
+        # Postgres names every constraint: the name is never None here
+        if fk["referred_table"] == "durable_workflows" and fk["name"] is not None:
             op.drop_constraint(fk["name"], "durable_steps", type_="foreignkey")
 
 
