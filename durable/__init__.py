@@ -1,14 +1,47 @@
 """durable: durable workflows on Celery, every step checkpointed before its
-message is acknowledged. See DESIGN.md for the contract."""
+message is acknowledged. See docs/design.md for the contract.
+
+The names that need the engine and the worker binding (`Durable` and the
+messaging helpers) are imported on first use, so that a web app's
+`from durable import DurableClient` loads neither.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from . import errors
-from .app import Durable, StartOptions, StepFunction, WorkflowFunction
 from .client import DurableClient, WorkflowHandle
 from .context import Context, context, gather, now, sleep
-from .messaging import get_event, recv, send, set_event
 from .records import ErrorInfo, Status, StepInfo, StepStatus, WorkflowStatus
 from .retry import RetryPolicy, backoff_delay_seconds
 from .settings import Settings
+from .starting import StartOptions
+
+if TYPE_CHECKING:
+    from .app import Durable, StepFunction, WorkflowFunction
+    from .helpers import get_event, recv, send, set_event
+
+_LAZY = {
+    "Durable": "durable.app",
+    "WorkflowFunction": "durable.app",
+    "StepFunction": "durable.app",
+    "send": "durable.helpers",
+    "recv": "durable.helpers",
+    "set_event": "durable.helpers",
+    "get_event": "durable.helpers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'durable' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Durable",

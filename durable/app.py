@@ -6,17 +6,23 @@ import functools
 import inspect
 import logging
 import weakref
-from dataclasses import dataclass, replace
-from typing import Any, Callable, Generic, TypeVar
+from dataclasses import replace
+from typing import Any, Callable, Generic, TypeVar, overload
 
 from celery import Celery
 
 from . import celery_binding
-from .client import Management, WorkflowHandle, new_workflow_row, start_workflow
-from .context import current_execution, current_step
+from .client import Management, WorkflowHandle
+from .clock import SYSTEM_CLOCK, Clock
+from .context import in_workflow_code
 from .database import Database
+from .dispatch import CeleryDispatcher, Dispatcher, configure_app
+from .engine import Collaborators
+from .messaging import Messaging
 from .retry import RetryPolicy
+from .runner import Runner
 from .settings import Settings
+from .starting import StartOptions, new_workflow_row, start_workflow
 from .store import Store
 from .transactions import Transactions, check_transaction_signature
 
@@ -25,8 +31,6 @@ logger = logging.getLogger("durable")
 F = TypeVar("F", bound=Callable[..., Any])
 R = TypeVar("R")
 
-_UNSET: Any = object()
-
 # Every live Durable app: module-level helpers called outside a workflow
 # (durable.send, durable.get_event) use the only one there is.
 _apps: "weakref.WeakSet[Durable]" = weakref.WeakSet()
@@ -34,31 +38,6 @@ _apps: "weakref.WeakSet[Durable]" = weakref.WeakSet()
 
 def known_apps() -> list["Durable"]:
     return list(_apps)
-
-
-@dataclass(frozen=True)
-class StartOptions:
-    workflow_id: str | None = None
-    dedup_key: str | None = None
-    queue: str | None = None
-    priority: int = 0
-    timeout: float | None = None  # seconds; past it the workflow is cancelled
-    on_duplicate: str = "raise"  # or "return_existing"
-    max_recovery_attempts: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.workflow_id is not None and (not isinstance(self.workflow_id, str) or not self.workflow_id or len(self.workflow_id) > 255):
-            raise ValueError(f"workflow_id must be a non-empty string of at most 255 characters, got {self.workflow_id!r}")
-        if self.dedup_key is not None and (not isinstance(self.dedup_key, str) or not self.dedup_key or len(self.dedup_key) > 255):
-            raise ValueError(f"dedup_key must be a non-empty string of at most 255 characters, got {self.dedup_key!r}")
-        if not isinstance(self.priority, int) or not 0 <= self.priority <= 9:
-            raise ValueError(f"priority must be an integer from 0 to 9, got {self.priority!r}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}")
-        if self.on_duplicate not in ("raise", "return_existing"):
-            raise ValueError(f"on_duplicate must be 'raise' or 'return_existing', got {self.on_duplicate!r}")
-        if self.max_recovery_attempts is not None and self.max_recovery_attempts < 0:
-            raise ValueError("max_recovery_attempts must be >= 0")
 
 
 class WorkflowFunction(Generic[R]):
@@ -81,6 +60,10 @@ class WorkflowFunction(Generic[R]):
     def start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
         return BoundStart(self, self.defaults).start(*args, **kwargs)
 
+    @property
+    def max_recovery_attempts(self) -> int | None:
+        return self.defaults.max_recovery_attempts
+
 
 class BoundStart(Generic[R]):
     def __init__(self, workflow: WorkflowFunction[R], options: StartOptions):
@@ -89,48 +72,53 @@ class BoundStart(Generic[R]):
 
     def start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
         durable = self.workflow.durable
-        execution = current_execution()
-        as_child = execution is not None and current_step() is None
+        execution = in_workflow_code()
         row = new_workflow_row(
             durable.settings,
             name=self.workflow.name,
             args=args,
             kwargs=kwargs,
             # a child's ID is derived from its parent's history: deterministic
-            workflow_id=self.opts.workflow_id or ("" if as_child else None),
+            workflow_id=self.opts.workflow_id or ("" if execution is not None else None),
             queue=self.opts.queue,
             dedup_key=self.opts.dedup_key,
             priority=self.opts.priority,
             timeout_seconds=self.opts.timeout,
             max_recovery_attempts=self.opts.max_recovery_attempts,
+            clock=durable.clock,
         )
-        if as_child:
-            assert execution is not None
-            child_id = execution.start_child(row, self.workflow.name)
-            return WorkflowHandle(child_id, durable)
-        return start_workflow(durable, row, self.opts.on_duplicate)
+        if execution is not None:
+            return WorkflowHandle(execution.start_child(row, self.workflow.name), durable)
+        workflow_id = start_workflow(durable.store, durable.dispatcher, row, self.opts.on_duplicate)
+        return WorkflowHandle(workflow_id, durable)
 
 
 class StepFunction:
     """A registered step: checkpointed when called inside a workflow, a plain
     call elsewhere (and inside another step)."""
 
-    def __init__(self, fn: Callable[..., Any], name: str, policy: RetryPolicy, transactional: bool = False, isolation: str | None = None):
+    def __init__(
+        self, fn: Callable[..., Any], name: str, policy: RetryPolicy,
+        transactions: Transactions | None = None, isolation: str | None = None,
+    ):
         self.fn = fn
         self.name = name
         self.policy = policy
-        self.transactional = transactional
+        self.transactions = transactions  # set for a @transaction step
         self.isolation = isolation
-        self.durable: Durable | None = None
         functools.update_wrapper(self, fn)
 
+    @property
+    def transactional(self) -> bool:
+        return self.transactions is not None
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        execution = current_execution()
-        if execution is None or current_step() is not None:
-            if self.transactional and self.durable is not None:
-                return self.durable.transactions.run_outside(self, args, kwargs)
-            return self.fn(*args, **kwargs)
-        return execution.run_step(self, args, kwargs)
+        execution = in_workflow_code()
+        if execution is not None:
+            return execution.run_step(self, args, kwargs, transactional=self.transactional)
+        if self.transactions is not None:
+            return self.transactions.run_outside(self, args, kwargs)
+        return self.fn(*args, **kwargs)
 
 
 class Durable(Management):
@@ -147,21 +135,46 @@ class Durable(Management):
         broker_url: str | None = None,
         app_database_url: str | None = None,
         settings: Settings | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        dispatcher: Dispatcher | None = None,
         **overrides: Any,
     ):
+        """`clock` and `dispatcher` are for tests: a clock they drive, and a
+        dispatcher that records what would be published."""
         base = settings or Settings.from_env()
         self.settings = base.with_overrides(
             database_url=database_url, broker_url=broker_url, app_database_url=app_database_url, **overrides
         )
         if celery_app is None:
             celery_app = Celery("durable", broker=self.settings.resolved_broker_url)
-        self.celery = celery_binding.configure_app(celery_app, self.settings)
+        self.celery = configure_app(celery_app, self.settings)
         store = Store(Database(self.settings.resolved_database_url, echo=self.settings.sql_echo))
-        super().__init__(store, celery_binding.Dispatcher(self.celery, store), self.settings)
+        super().__init__(store, dispatcher or CeleryDispatcher(self.celery), self.settings, clock)
         self.registry: dict[str, WorkflowFunction[Any]] = {}
-        self.transactions = Transactions(self)
-        celery_binding.bind(self)
+        self.transactions = Transactions(self.settings, store.db, clock)
+        collaborators = Collaborators(
+            store=store, dispatcher=self.dispatcher, settings=self.settings, clock=clock,
+            transactions=self.transactions, messaging=Messaging(),
+        )
+        self.runner = Runner(collaborators, self.registry)
+        celery_binding.bind(self.celery, self.runner)
         _apps.add(self)
+
+    @overload
+    def workflow(self, fn: Callable[..., R], /) -> WorkflowFunction[R]: ...
+
+    @overload
+    def workflow(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        max_recovery_attempts: int | None = None,
+        queue: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+    ) -> Callable[[Callable[..., R]], WorkflowFunction[R]]: ...
 
     def workflow(
         self,
@@ -172,7 +185,7 @@ class Durable(Management):
         queue: str | None = None,
         priority: int = 0,
         timeout: float | None = None,
-    ) -> Any:
+    ) -> WorkflowFunction[R] | Callable[[Callable[..., R]], WorkflowFunction[R]]:
         def register(f: Callable[..., R]) -> WorkflowFunction[R]:
             if not callable(f):
                 raise TypeError(f"@workflow needs a function, got {f!r}")
@@ -193,6 +206,25 @@ class Durable(Management):
 
         return register(fn) if fn is not None else register
 
+    @overload
+    def step(self, fn: Callable[..., Any], /) -> StepFunction: ...
+
+    @overload
+    def step(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        max_interval: float = 3600.0,
+        jitter: bool = False,
+        timeout: float | None = None,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        dont_retry_on: tuple[type[BaseException], ...] = (),
+    ) -> Callable[[Callable[..., Any]], StepFunction]: ...
+
     def step(
         self,
         fn: Callable[..., Any] | None = None,
@@ -206,7 +238,7 @@ class Durable(Management):
         timeout: float | None = None,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         dont_retry_on: tuple[type[BaseException], ...] = (),
-    ) -> Any:
+    ) -> StepFunction | Callable[[Callable[..., Any]], StepFunction]:
         policy = RetryPolicy(
             retries=retries, interval_seconds=interval, backoff=backoff,
             max_interval_seconds=max_interval, jitter=jitter, timeout_seconds=timeout,
@@ -217,11 +249,25 @@ class Durable(Management):
         def register(f: Callable[..., Any]) -> StepFunction:
             if not callable(f):
                 raise TypeError(f"@step needs a function, got {f!r}")
-            step = StepFunction(f, name or f.__qualname__, policy)
-            step.durable = self
-            return step
+            return StepFunction(f, name or f.__qualname__, policy)
 
         return register(fn) if fn is not None else register
+
+    @overload
+    def transaction(self, fn: Callable[..., Any], /) -> StepFunction: ...
+
+    @overload
+    def transaction(
+        self,
+        fn: None = None,
+        *,
+        name: str | None = None,
+        isolation: str | None = None,
+        retries: int = 0,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        max_interval: float = 3600.0,
+    ) -> Callable[[Callable[..., Any]], StepFunction]: ...
 
     def transaction(
         self,
@@ -233,7 +279,7 @@ class Durable(Management):
         interval: float = 1.0,
         backoff: float = 2.0,
         max_interval: float = 3600.0,
-    ) -> Any:
+    ) -> StepFunction | Callable[[Callable[..., Any]], StepFunction]:
         """An exactly-once database write: the function's first parameter
         receives a SQLAlchemy Session; its writes and the step's checkpoint
         commit in one transaction."""
@@ -243,9 +289,9 @@ class Durable(Management):
 
         def register(f: Callable[..., Any]) -> StepFunction:
             check_transaction_signature(f)
-            step = StepFunction(f, name or f.__qualname__, policy, transactional=True, isolation=isolation)
-            step.durable = self
-            return step
+            return StepFunction(
+                f, name or f.__qualname__, policy, transactions=self.transactions, isolation=isolation
+            )
 
         return register(fn) if fn is not None else register
 

@@ -1,20 +1,24 @@
 """Starting, awaiting and managing workflows from any process.
 
 `DurableClient` is for web apps that do not import workflow code: it writes
-the workflow row and rings the broker, nothing more.
+the workflow row and rings the broker, nothing more. It imports nothing of
+the engine or the worker (a test holds it to that).
 """
 
 from __future__ import annotations
 
-import time
+import json
 import uuid
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from celery import Celery
 
+from . import mailbox
 from . import serialization as ser
-from .context import current_execution, current_step
+from .clock import SYSTEM_CLOCK, Clock
+from .context import current_execution, in_workflow_code
 from .database import Database
+from .dispatch import CeleryDispatcher, Dispatcher, configure_app, publish_if_runnable
 from .errors import DuplicateWorkflowError, SerializationError, WorkflowNotFoundError
 from .records import (
     ErrorInfo,
@@ -24,62 +28,12 @@ from .records import (
     WorkflowStatus,
     datetime_from_ms,
 )
+from .retry import Backoff
 from .settings import Settings
+from .starting import StartOptions, new_workflow_row, start_workflow
 from .store import DedupConflict, Store
 
-if TYPE_CHECKING:
-    from .celery_binding import Dispatcher
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def new_workflow_row(
-    settings: Settings,
-    name: str,
-    args: Sequence[Any],
-    kwargs: dict[str, Any],
-    workflow_id: str | None = None,
-    queue: str | None = None,
-    dedup_key: str | None = None,
-    priority: int = 0,
-    timeout_seconds: float | None = None,
-    max_recovery_attempts: int | None = None,
-) -> dict[str, Any]:
-    """The row a new workflow starts as. Serializes the inputs first, so bad
-    input fails here with SerializationError before anything is written."""
-    inputs = ser.dumps_inputs(tuple(args), dict(kwargs))
-    now = _now_ms()
-    return dict(
-        workflow_id=str(uuid.uuid4()) if workflow_id is None else workflow_id,
-        name=name,
-        status=Status.ENQUEUED.value,
-        queue=queue or settings.default_queue,
-        dedup_key=dedup_key,
-        priority=priority,
-        inputs=inputs,
-        max_recovery_attempts=max_recovery_attempts,  # None: the workflow's own default
-        # If this workflow's message is lost before anyone claims it, the
-        # recovery sweeper publishes it again after this.
-        redispatch_at_ms=now + int(settings.redelivery_seconds * 1000),
-        deadline_at_ms=now + int(timeout_seconds * 1000) if timeout_seconds else None,
-        app_version=settings.app_version or None,
-        created_at_ms=now,
-        updated_at_ms=now,
-    )
-
-
-def start_workflow(management: "Management", row: dict[str, Any], on_duplicate: str = "raise") -> "WorkflowHandle":
-    try:
-        result = management.store.insert_workflow(row)
-    except DedupConflict as conflict:
-        if on_duplicate == "return_existing" and conflict.holder_workflow_id:
-            return WorkflowHandle(conflict.holder_workflow_id, management)
-        raise DuplicateWorkflowError(row["dedup_key"], row["queue"], conflict.holder_workflow_id) from None
-    if result.created:
-        management.dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
-    return WorkflowHandle(row["workflow_id"], management)
+__all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
 
 
 class WorkflowHandle:
@@ -97,14 +51,13 @@ class WorkflowHandle:
         return self._management.get(self.workflow_id)
 
     def result(self, timeout: float | None = None, poll_interval_seconds: float = 0.2) -> Any:
-        execution = current_execution()
-        if execution is not None and current_step() is None:
+        execution = in_workflow_code()
+        if execution is not None:
             return execution.await_workflow(self.workflow_id, timeout)
-        from .engine import outcome_error
-
         store = self._management.store
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.005
+        clock = self._management.clock
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        backoff = Backoff(0.005, poll_interval_seconds)
         while True:
             outcome = store.workflow_outcome(self.workflow_id)
             if outcome is None:
@@ -113,14 +66,13 @@ class WorkflowHandle:
             if status == Status.SUCCESS.value:
                 return ser.loads(outcome["output"])
             if status not in (Status.ENQUEUED.value, Status.PENDING.value):
-                raise outcome_error(self.workflow_id, status, outcome["error"])
-            if deadline is not None and time.monotonic() >= deadline:
+                raise ser.outcome_error(self.workflow_id, status, outcome["error"])
+            remaining = None if deadline is None else deadline - clock.monotonic()
+            if remaining is not None and remaining <= 0:
                 raise TimeoutError(
                     f"workflow {self.workflow_id!r} still {status} after {timeout}s"
                 )
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)
-            delay = min(delay * 2, poll_interval_seconds)
+            clock.sleep(backoff.next_pause(remaining))
 
 
 def _error_info(text: str | None) -> ErrorInfo | None:
@@ -163,8 +115,6 @@ def workflow_status(row: dict[str, Any], with_payloads: bool = False) -> Workflo
 
 def step_info(row: dict[str, Any]) -> StepInfo:
     attempt_errors = row.get("attempt_errors")
-    import json
-
     return StepInfo(
         step_id=row["step_id"],
         name=row["name"],
@@ -184,10 +134,11 @@ def step_info(row: dict[str, Any]) -> StepInfo:
 class Management:
     """Inspect and steer workflows; shared by `Durable` and `DurableClient`."""
 
-    def __init__(self, store: Store, dispatcher: "Dispatcher", settings: Settings):
+    def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings, clock: Clock = SYSTEM_CLOCK):
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
+        self.clock = clock
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(workflow_id, self)
@@ -231,9 +182,9 @@ class Management:
         stops at its next checkpoint. Returns the IDs cancelled."""
         if self.store.workflow_row(workflow_id) is None:
             raise WorkflowNotFoundError(workflow_id)
-        cancelled = self.store.cancel(workflow_id, _now_ms())
+        cancelled = self.store.cancel(workflow_id, self.clock.now_ms())
         for parent in self._parents_to_wake(cancelled):
-            self.dispatcher.publish_by_id(parent)
+            publish_if_runnable(self.store, self.dispatcher, parent)
         return cancelled
 
     def _parents_to_wake(self, cancelled: list[str]) -> set[str]:
@@ -256,7 +207,7 @@ class Management:
                 "MAX_RECOVERY_ATTEMPTS_EXCEEDED workflows can be resumed (fork re-runs any workflow)"
             )
         try:
-            resumed = self.store.resume(workflow_id, _now_ms(), int(self.settings.redelivery_seconds * 1000))
+            resumed = self.store.resume(workflow_id, self.clock.now_ms(), int(self.settings.redelivery_seconds * 1000))
         except DedupConflict as conflict:
             raise DuplicateWorkflowError(row["dedup_key"], row["queue"], conflict.holder_workflow_id) from None
         if resumed:
@@ -271,7 +222,7 @@ class Management:
             raise WorkflowNotFoundError(workflow_id)
         if from_step < 0:
             raise ValueError("from_step must be >= 0")
-        now = _now_ms()
+        now = self.clock.now_ms()
         new_row = dict(
             workflow_id=new_workflow_id or str(uuid.uuid4()), name=row["name"],
             status=Status.ENQUEUED.value, queue=row["queue"], dedup_key=None,
@@ -296,18 +247,30 @@ class Management:
         gets the message stored anyway (as in DBOS). From workflow code this
         is the checkpointed `durable.send` step; elsewhere pass an
         `idempotency_key` to make retries of one send store one message."""
-        from .messaging import send_from
-
-        send_from(self, workflow_id, message, topic, idempotency_key)
+        execution = in_workflow_code()
+        if execution is not None and execution.database_url == self.store.db.url:
+            if idempotency_key is not None:
+                raise ValueError(
+                    "idempotency_key is for sends from outside a workflow; "
+                    "a workflow's send is already exactly-once"
+                )
+            execution.send(workflow_id, message, topic)
+            return
+        sender = current_execution()
+        mailbox.send(
+            self.store, self.dispatcher, workflow_id, message, topic, idempotency_key,
+            sender_workflow_id=sender.workflow_id if sender else None, clock=self.clock,
+        )
 
     def get_event(self, workflow_id: str, key: str, timeout: float | None = 60.0) -> Any:
         """The latest value workflow `workflow_id` published for `key` with
         `durable.set_event`, polling up to `timeout` seconds (None: no
         limit) for it to be set; None if it was not. The workflow need not
-        exist yet."""
-        from .messaging import get_event_from
-
-        return get_event_from(self, workflow_id, key, timeout)
+        exist yet. In workflow code it is the checkpointed step."""
+        execution = in_workflow_code()
+        if execution is not None and execution.database_url == self.store.db.url:
+            return execution.get_event(workflow_id, key, timeout)
+        return mailbox.wait_for_event(self.store, workflow_id, key, timeout, clock=self.clock)
 
 
 class DurableClient(Management):
@@ -320,16 +283,14 @@ class DurableClient(Management):
         settings: Settings | None = None,
         celery_app: Celery | None = None,
     ):
-        from . import celery_binding
-
         self.settings = (settings or Settings.from_env()).with_overrides(
             database_url=database_url, broker_url=broker_url
         )
         if celery_app is None:
             celery_app = Celery("durable-client", broker=self.settings.resolved_broker_url)
-        celery_app = celery_binding.configure_app(celery_app, self.settings)
+        celery_app = configure_app(celery_app, self.settings)
         store = Store(Database(self.settings.resolved_database_url, echo=self.settings.sql_echo))
-        super().__init__(store, celery_binding.Dispatcher(celery_app, store), self.settings)
+        super().__init__(store, CeleryDispatcher(celery_app), self.settings)
 
     def enqueue(
         self,
@@ -344,8 +305,6 @@ class DurableClient(Management):
         max_recovery_attempts: int | None = None,
         on_duplicate: str = "raise",
     ) -> WorkflowHandle:
-        from .app import StartOptions
-
         if not isinstance(workflow_name, str) or not workflow_name:
             raise ValueError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
         StartOptions(  # validates the options the same way start() does
@@ -355,9 +314,9 @@ class DurableClient(Management):
         row = new_workflow_row(
             self.settings, workflow_name, args, kwargs or {}, workflow_id=workflow_id, queue=queue,
             dedup_key=dedup_key, priority=priority, timeout_seconds=timeout,
-            max_recovery_attempts=max_recovery_attempts,
+            max_recovery_attempts=max_recovery_attempts, clock=self.clock,
         )
-        return start_workflow(self, row, on_duplicate)
+        return WorkflowHandle(start_workflow(self.store, self.dispatcher, row, on_duplicate), self)
 
 
 def _to_ms(value: Any) -> int | None:

@@ -1,23 +1,43 @@
 """What workflow and step code can ask about where it runs, and the helpers
-usable inside workflows: sleep, now, gather."""
+usable inside workflows: sleep, now, gather.
+
+The running execution is kept in a context variable. Code above the engine
+(the client, the decorators) sees it only as an `ActiveExecution`, so it
+can hand work to the engine without importing it.
+"""
 
 from __future__ import annotations
 
 import contextvars
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Iterator, Protocol
 
-if TYPE_CHECKING:
-    from .client import WorkflowHandle
-    from .engine import Execution
 
-_execution: contextvars.ContextVar["Execution | None"] = contextvars.ContextVar(
-    "durable_execution", default=None
-)
-_step: contextvars.ContextVar["StepContext | None"] = contextvars.ContextVar(
-    "durable_step", default=None
-)
+class ActiveExecution(Protocol):
+    """The running execution, as code outside the engine may use it."""
+
+    workflow_id: str
+    name: str
+    recovery_attempts: int
+    database_url: str  # the system database it checkpoints to
+
+    def run_step(
+        self, step: Any, args: tuple[Any, ...], kwargs: dict[str, Any], transactional: bool = False
+    ) -> Any: ...
+    def start_child(self, child_row: dict[str, Any], name: str) -> str: ...
+    def await_workflow(self, workflow_id: str, timeout: float | None = None) -> Any: ...
+    def durable_sleep(self, seconds: float) -> None: ...
+    def checkpointed_now(self) -> float: ...
+    def send(self, workflow_id: str, message: Any, topic: str | None = None) -> None: ...
+    def recv(self, topic: str | None, timeout: float | None) -> Any: ...
+    def set_event(self, key: str, value: Any) -> None: ...
+    def get_event(self, workflow_id: str, key: str, timeout: float | None) -> Any: ...
+
+
+class Awaitable(Protocol):
+    def result(self, timeout: float | None = None) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -40,12 +60,45 @@ class Context:
     idempotency_key: str | None  # stable across retries and recoveries of one step
 
 
-def current_execution() -> "Execution | None":
+_execution: contextvars.ContextVar[ActiveExecution | None] = contextvars.ContextVar(
+    "durable_execution", default=None
+)
+_step: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+    "durable_step", default=None
+)
+
+
+@contextmanager
+def enter_execution(execution: ActiveExecution) -> Iterator[None]:
+    token = _execution.set(execution)
+    try:
+        yield
+    finally:
+        _execution.reset(token)
+
+
+@contextmanager
+def enter_step(step: StepContext) -> Iterator[None]:
+    token = _step.set(step)
+    try:
+        yield
+    finally:
+        _step.reset(token)
+
+
+def current_execution() -> ActiveExecution | None:
     return _execution.get()
 
 
 def current_step() -> StepContext | None:
     return _step.get()
+
+
+def in_workflow_code() -> ActiveExecution | None:
+    """The execution when called from workflow code itself (not from a step,
+    where calls are the step's own business and not checkpointed)."""
+    execution = _execution.get()
+    return execution if execution is not None and _step.get() is None else None
 
 
 def context() -> Context:
@@ -71,8 +124,8 @@ def sleep(seconds: float) -> None:
     workflow does not sleep again from zero; long sleeps free the worker."""
     if seconds < 0:
         raise ValueError(f"sleep seconds must be >= 0, got {seconds!r}")
-    execution = _execution.get()
-    if execution is None or _step.get() is not None:
+    execution = in_workflow_code()
+    if execution is None:
         time.sleep(seconds)
         return
     execution.durable_sleep(seconds)
@@ -80,13 +133,13 @@ def sleep(seconds: float) -> None:
 
 def now() -> float:
     """Wall time in seconds, checkpointed: replay sees the same value."""
-    execution = _execution.get()
-    if execution is None or _step.get() is not None:
+    execution = in_workflow_code()
+    if execution is None:
         return time.time()
     return execution.checkpointed_now()
 
 
-def gather(*handles: "WorkflowHandle") -> list[Any]:
+def gather(*handles: Awaitable) -> list[Any]:
     """Wait for several children; results in the order given. The first error
     is raised after every child has ended."""
     results: list[Any] = []
@@ -100,3 +153,4 @@ def gather(*handles: "WorkflowHandle") -> list[Any]:
     if first_error is not None:
         raise first_error
     return results
+

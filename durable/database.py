@@ -7,56 +7,73 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
-import random
 import threading
-import time
-import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
+
+from .clock import SYSTEM_CLOCK, Clock
+from .db_errors import is_transient, is_unavailable
+from .retry import Backoff
 
 logger = logging.getLogger("durable.database")
 
 T = TypeVar("T")
 
 VERSION_TABLE = "durable_alembic_version"
-_MIGRATION_LOCK_ID = 0x64757261  # "dura": Postgres advisory lock for migrations
+_MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def is_unavailable(exc: BaseException) -> bool:
-    """True for errors that mean "the database is unreachable", not "the query is wrong"."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        message = str(exc).lower()
-        if "database is locked" in message:
-            return True
-        return not any(
-            s in message for s in ("syntax error", "no such table", "no such column", "does not exist")
-        )
-    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+@dataclass(frozen=True)
+class SchemaHistory:
+    """One line of Alembic migrations and where it records its revision."""
+
+    script_location: Path
+    version_table: str
+    lock_id: int  # Postgres advisory lock taken while migrating
+
+
+# durable's own tables, in its system database
+SYSTEM_TABLES = SchemaHistory(_MIGRATIONS, VERSION_TABLE, 0x64757261)  # "dura"
+# what @transaction steps need in an application database of their own
+APP_TABLES = SchemaHistory(_MIGRATIONS / "app_database", "durable_app_alembic_version", 0x64757262)
 
 
 class Database:
     """A process-local engine for one database URL."""
 
-    def __init__(self, url: str, echo: bool = False):
+    def __init__(self, url: str, echo: bool = False, history: SchemaHistory = SYSTEM_TABLES):
         self.url = url
+        self.history = history
         self.echo = echo
         self.dialect_name = url.split(":", 1)[0].split("+", 1)[0]
         self._engine: Engine | None = None
         self._autocommit_engine: Engine | None = None
         self._pid = 0
-        self._lock = threading.Lock()
+        self._lock_pid = os.getpid()
+        self._lock_here = threading.Lock()
         self._pin = threading.local()
-        _ALL.add(self)
         self._migrated = False
 
     @property
     def is_sqlite(self) -> bool:
         return self.dialect_name == "sqlite"
+
+    @property
+    def _lock(self) -> threading.Lock:
+        # A lock another thread (the sweeper) held at fork time stays held in
+        # the child forever: a pool child forked then would hang. So each
+        # process gets its own lock.
+        pid = os.getpid()
+        if self._lock_pid != pid:
+            self._lock_here = threading.Lock()
+            self._lock_pid = pid
+        return self._lock_here
 
     @property
     def engine(self) -> Engine:
@@ -125,7 +142,9 @@ class Database:
             fairy = None
             try:
                 fairy = engine.raw_connection()
-                cursor = fairy.driver_connection.cursor()
+                driver = fairy.driver_connection
+                assert driver is not None  # a checked-out connection has one
+                cursor = driver.cursor()
             except dialect.loaded_dbapi.Error as exc:
                 # the pool hands out the driver's own error when it cannot
                 # connect (the server is down): say it as SQLAlchemy would
@@ -172,12 +191,6 @@ class Database:
                 _close_quietly(cursor)
                 fairy.close()
 
-    def _after_fork_in_child(self) -> None:
-        # A lock another thread (the sweeper) held at fork time stays held
-        # in the child forever: a pool child forked then would hang.
-        self._lock = threading.Lock()
-        self._pin = threading.local()
-
     def _pinned_here(self) -> bool:
         # a pin inherited through fork belongs to the parent's engine
         return getattr(self._pin, "active", False) and self._pin.pid == os.getpid()
@@ -199,13 +212,11 @@ class Database:
     def migrate(self) -> str:
         """Bring durable's tables to the newest revision; safe from many processes at once."""
         from alembic import command
-        from alembic.config import Config
 
-        config = Config()
-        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        config = _alembic_config(self.history)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         with self._migration_lock() as conn:
-            if self._current_revision(conn) != self.head_revision():
+            if self._current_revision(conn) != _head(config):
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
                 conn.commit()
@@ -214,49 +225,49 @@ class Database:
         return revision or ""
 
     @staticmethod
-    def head_revision() -> str:
-        from alembic.config import Config
-        from alembic.script import ScriptDirectory
+    def head_revision(history: SchemaHistory = SYSTEM_TABLES) -> str:
+        return _head(_alembic_config(history))
 
-        config = Config()
-        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
-        return ScriptDirectory.from_config(config).get_current_head() or ""
-
-    @staticmethod
-    def _current_revision(conn: Connection) -> str | None:
-        if not inspect(conn).has_table(VERSION_TABLE):
+    def _current_revision(self, conn: Connection) -> str | None:
+        table = self.history.version_table
+        if not inspect(conn).has_table(table):
             return None
-        return conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+        revision: str | None = conn.execute(text(f"SELECT version_num FROM {table}")).scalar()
+        return revision
 
     @contextmanager
     def _migration_lock(self) -> Iterator[Connection]:
         if self.is_sqlite:
-            lock_path = self.url.split("///", 1)[-1] + ".migrate-lock"
+            lock_path = self.url.split("///", 1)[-1] + f".{self.history.version_table}.lock"
             with open(lock_path, "w") as lock_file:
                 fcntl.flock(lock_file, fcntl.LOCK_EX)
                 with self.engine.connect() as conn:
                     yield conn
             return
         with self.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.history.lock_id})
             conn.commit()
             try:
                 yield conn
             finally:
                 conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK_ID})
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.history.lock_id})
                 conn.commit()
 
 
-_ALL: "weakref.WeakSet[Database]" = weakref.WeakSet()
+def _alembic_config(history: SchemaHistory) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(history.script_location))
+    config.attributes["version_table"] = history.version_table
+    return config
 
 
-def _reinit_after_fork() -> None:
-    for database in list(_ALL):
-        database._after_fork_in_child()
+def _head(config: Any) -> str:
+    from alembic.script import ScriptDirectory
 
-
-os.register_at_fork(after_in_child=_reinit_after_fork)
+    return ScriptDirectory.from_config(config).get_current_head() or ""
 
 
 def _close_quietly(cursor: Any) -> None:
@@ -288,24 +299,24 @@ def retry_while_unavailable(
     operation: Callable[[], T],
     what: str,
     give_up_after_seconds: float | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> T:
-    """Run `operation`, waiting out a database that is down (restart, failover).
+    """Run `operation`, waiting out a database that is down (restart,
+    failover) or busy (a lock conflict).
 
     A checkpoint is never dropped: the worker waits, and its Celery message
     stays unacknowledged until the write commits or the lease is lost.
     """
-    delay = 0.05
-    started = time.monotonic()
+    backoff = Backoff(0.05, 2.0, jitter=True)
+    started = clock.monotonic()
     while True:
         try:
             return operation()
         except Exception as exc:
-            if not is_unavailable(exc):
+            if not is_transient(exc):
                 raise
-            waited = time.monotonic() - started
+            waited = clock.monotonic() - started
             if give_up_after_seconds is not None and waited > give_up_after_seconds:
                 raise
             logger.warning("database unavailable during %s (%.1fs so far): %s", what, waited, exc)
-            sleep(delay * (0.5 + random.random() / 2))
-            delay = min(delay * 2, 2.0)
+            clock.sleep(backoff.next_pause())

@@ -30,7 +30,7 @@ def _effects_path() -> Path:
 
 
 @dur.step()
-def demo_step(number: int) -> dict:
+def demo_step(number: int) -> dict[str, int]:
     """Pretend work: a second of it. Appends who ran it, outside the checkpoints."""
     with open(_effects_path(), "a") as f:
         f.write(f"{number} {os.getpid()}\n")
@@ -39,11 +39,11 @@ def demo_step(number: int) -> dict:
 
 
 @dur.workflow()
-def demo_pipeline(steps: int) -> list:
+def demo_pipeline(steps: int) -> list[dict[str, int]]:
     return [demo_step(i) for i in range(1, steps + 1)]
 
 
-def _start_worker(home: Path, log: Path) -> subprocess.Popen:
+def _start_worker(home: Path, log: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, DURABLE_HOME=str(home))
     env.pop("DURABLE_DATABASE_URL", None)
     env.pop("DURABLE_BROKER_URL", None)
@@ -60,7 +60,7 @@ def _start_worker(home: Path, log: Path) -> subprocess.Popen:
     return worker
 
 
-def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     try:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:

@@ -1,47 +1,58 @@
-"""One execution of a workflow: claim, replay, checkpoint, end or suspend.
+"""One execution of a workflow: replay, checkpoint, end or suspend.
 
-Replay loads every checkpoint in the claim's transaction, so a completed step
-costs a dictionary look-up. Steps are numbered in call order; a recorded step
-whose name differs from the one the code now calls is non-determinism.
+An execution starts from a claim (see `runner.py`), which carries every
+checkpoint the workflow has, read in one query right after the claim took
+the lease; a completed step then costs a dictionary look-up. Steps are
+numbered in call order; a recorded step whose name differs from the one the
+code now calls is non-determinism.
+
+The step protocol is public, for every kind of step built on the engine
+(plain steps here, messages and events in `messaging.py`, transactions in
+`transactions.py`):
+
+    position = execution.reserve(name)        # the next step number, and what is recorded there
+    if position.final:
+        return execution.replay(position.row)  # the recorded value, or its error raised again
+    ...do the work...
+    return execution.record_success(position, output_text, value)  # or record(values)
+
+`outcome` builds a checkpoint's values; `write` stores them fenced by the
+lease epoch (inside a caller's transaction if given one); `record` writes
+and, when another writer got there first, `resolve_conflict` gives its
+outcome (or stops this execution with `Fenced` when it no longer owns the
+workflow).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from sqlalchemy.engine import Connection
 
 from . import serialization as ser
-from .context import StepContext, _execution, _step
+from .clock import Clock
+from .context import StepContext, enter_execution, enter_step
 from .database import retry_while_unavailable
+from .dispatch import Dispatcher, publish_if_runnable
 from .errors import (
-    AwaitedWorkflowCancelledError,
-    AwaitedWorkflowMaxRecoveryAttemptsExceededError,
-    MaxRecoveryAttemptsExceededError,
     MaxStepRetriesExceededError,
     NonDeterministicWorkflowError,
     SerializationError,
-    UnknownWorkflowError,
-    WorkflowTimeoutError,
+    WorkflowNotFoundError,
 )
 from .records import Status, StepStatus
 from .retry import RetryPolicy
-from .store import Claim, crash_text
+from .settings import Settings
+from .store import Claim, Store, crash_text
 from .timeouts import call_with_timeout
-
-if TYPE_CHECKING:
-    from .app import Durable, StepFunction, WorkflowFunction
 
 logger = logging.getLogger("durable.engine")
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 # How often a workflow awaiting a workflow that is not its child looks again.
-_POLL_OTHER_WORKFLOW_MS = 2_000
+POLL_OTHER_WORKFLOW_MS = 2_000
 
 
 class Suspend(BaseException):
@@ -53,36 +64,76 @@ class Suspend(BaseException):
         self.wake_at_ms = wake_at_ms
 
 
-class _UseRecorded(Exception):
-    def __init__(self, row: dict[str, Any]):
-        self.row = row
-
-
 class Fenced(BaseException):
     """This execution no longer owns the workflow (cancelled, or its lease was
     taken over): stop without writing anything more."""
 
 
-def outcome_error(workflow_id: str, status: str, error_text: str | None) -> BaseException:
-    """The exception that awaiting a workflow which ended this way raises."""
-    record = ser.loads_error(error_text) or {}
-    if status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
-        return AwaitedWorkflowMaxRecoveryAttemptsExceededError(
-            f"workflow {workflow_id!r} was quarantined: {record.get('message', '')}"
-        )
-    if status == Status.CANCELLED.value:
-        if record.get("type", "").endswith("WorkflowTimeoutError"):
-            return WorkflowTimeoutError(record.get("message", f"workflow {workflow_id!r} timed out"))
-        return AwaitedWorkflowCancelledError(f"workflow {workflow_id!r} was cancelled")
-    return ser.rebuild_error(record, workflow_id)
+class Step(Protocol):
+    """What the engine needs of a step (app.StepFunction is one)."""
+
+    name: str
+    policy: RetryPolicy
+    fn: Callable[..., Any]
+    isolation: str | None  # a @transaction step's isolation level
+
+
+class TransactionalSteps(Protocol):
+    """Runs a step whose writes commit with its checkpoint (transactions.py)."""
+
+    def run(
+        self, execution: "Execution", step: Step, position: "Position", args: tuple[Any, ...],
+        kwargs: dict[str, Any], success: Callable[[str], dict[str, Any]],
+    ) -> tuple[Any, dict[str, Any] | None]: ...
+
+
+class WorkflowMessaging(Protocol):
+    """Messages and events inside a workflow (messaging.py)."""
+
+    def send(self, execution: "Execution", workflow_id: str, message: Any, topic: str | None) -> None: ...
+    def recv(self, execution: "Execution", topic: str | None, timeout: float | None) -> Any: ...
+    def set_event(self, execution: "Execution", key: str, value: Any) -> None: ...
+    def get_event(
+        self, execution: "Execution", workflow_id: str, key: str, timeout: float | None
+    ) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Position:
+    """A reserved step number and what is recorded there, if anything."""
+
+    step_id: int
+    name: str
+    row: dict[str, Any] | None
+
+    @property
+    def final(self) -> bool:
+        """An outcome is recorded (a RETRYING row only notes attempts or a crash)."""
+        return self.row is not None and self.row["status"] != StepStatus.RETRYING.value
+
+
+@dataclass(frozen=True)
+class Collaborators:
+    """What an execution works with besides its claim."""
+
+    store: Store
+    dispatcher: Dispatcher
+    settings: Settings
+    clock: Clock
+    transactions: TransactionalSteps | None = None
+    messaging: WorkflowMessaging | None = None
 
 
 class Execution:
-    def __init__(self, durable: "Durable", claim: Claim, owner: str):
-        self.durable = durable
-        self.store = durable.store
+    def __init__(self, claim: Claim, owner: str, collaborators: Collaborators):
         self.claim = claim
         self.owner = owner
+        self.store = collaborators.store
+        self.dispatcher = collaborators.dispatcher
+        self.settings = collaborators.settings
+        self.clock = collaborators.clock
+        self.collaborators = collaborators
+        self.database_url = collaborators.store.db.url
         self.workflow_id = claim.workflow_id
         self.name = claim.name
         self.epoch = claim.epoch
@@ -93,75 +144,106 @@ class Execution:
 
     # --- running -----------------------------------------------------------
 
-    def run(self, workflow: "WorkflowFunction") -> None:
-        token = _execution.set(self)
-        try:
-            args, kwargs = ser.loads_inputs(self.claim.inputs)
-            result = workflow.fn(*args, **kwargs)
-            output = ser.dumps(result)
-        except Suspend as suspend:
-            self._suspend(suspend.wake_at_ms)
-        except Fenced:
-            logger.info("execution %s/%d stopped: no longer the owner", self.workflow_id, self.epoch)
-        except Exception as exc:
-            self._finish(Status.ERROR, error=ser.dumps_error(exc))
-        else:
-            self._finish(Status.SUCCESS, output=output)
-        finally:
-            _execution.reset(token)
+    def run(self, fn: Callable[..., Any]) -> None:
+        with enter_execution(self):
+            try:
+                args, kwargs = ser.loads_inputs(self.claim.inputs)
+                result = fn(*args, **kwargs)
+                output = ser.dumps(result)
+            except Suspend as suspend:
+                self._suspend(suspend.wake_at_ms)
+            except Fenced:
+                logger.info("execution %s/%d stopped: no longer the owner", self.workflow_id, self.epoch)
+            except Exception as exc:
+                self._finish(Status.ERROR, error=ser.dumps_error(exc))
+            else:
+                self._finish(Status.SUCCESS, output=output)
 
     def _finish(self, status: Status, output: str | None = None, error: str | None = None) -> None:
         ended, parent = retry_while_unavailable(
             lambda: self.store.finish(
-                self.workflow_id, self.epoch, status, now_ms(), output, error,
+                self.workflow_id, self.epoch, status, self.clock.now_ms(), output, error,
                 has_parent=self.claim.parent_workflow_id is not None,
             ),
-            "ending a workflow",
+            "ending a workflow", clock=self.clock,
         )
         if ended and parent:
-            self.durable.dispatcher.publish_by_id(parent)
+            publish_if_runnable(self.store, self.dispatcher, parent)
 
     def _suspend(self, wake_at_ms: int | None) -> None:
         redispatch = retry_while_unavailable(
-            lambda: self.store.suspend(self.workflow_id, self.epoch, wake_at_ms, now_ms()),
-            "suspending a workflow",
+            lambda: self.store.suspend(self.workflow_id, self.epoch, wake_at_ms, self.clock.now_ms()),
+            "suspending a workflow", clock=self.clock,
         )
         # A wake-up that came in while we held the lease: nobody else will
         # publish it, since its message found the lease taken.
-        if redispatch is not False and redispatch is not None and redispatch <= now_ms():
-            self.durable.dispatcher.publish(self.workflow_id, self.name, self.claim.queue)
+        if redispatch is not False and redispatch is not None and redispatch <= self.clock.now_ms():
+            self.dispatcher.publish(self.workflow_id, self.name, self.claim.queue)
 
     # --- the step protocol ---------------------------------------------------
 
-    def _reserve(self, name: str) -> tuple[int, dict[str, Any] | None]:
+    def reserve(self, name: str) -> Position:
+        """The next step number. What is recorded there must be a step of
+        the same name, or the code changed under a running workflow."""
         step_id = self.next_step_id
         self.next_step_id += 1
         row = self.checkpoints.get(step_id)
         if row is not None and row["name"] != name:
             raise NonDeterministicWorkflowError(self.workflow_id, step_id, row["name"], name)
-        return step_id, row
+        return Position(step_id, name, row)
 
-    @staticmethod
-    def _replay(row: dict[str, Any], workflow_id: str) -> Any:
+    def replay(self, row: dict[str, Any]) -> Any:
+        """A recorded outcome: its value, or its error raised again."""
         if row["status"] == StepStatus.SUCCESS.value:
             return ser.loads(row["output"])
-        raise ser.rebuild_error(ser.loads_error(row["error"]) or {}, workflow_id)
+        raise ser.rebuild_error(ser.loads_error(row["error"]) or {}, self.workflow_id)
 
-    def _checkpoint(self, values: dict[str, Any], conn: Any = None) -> dict[str, Any] | None:
-        """Write a step row; returns the row another execution already wrote
-        for this step (use its outcome), or None when ours was written."""
-        values = {"workflow_id": self.workflow_id, **values}
+    def outcome(
+        self,
+        position: Position,
+        status: StepStatus,
+        *,
+        output: str | None = None,
+        error: str | None = None,
+        attempts: int = 1,
+        attempt_errors: list[dict[str, Any]] | None = None,
+        next_attempt_at_ms: int | None = None,
+        child_workflow_id: str | None = None,
+        started_at_ms: int | None = None,
+    ) -> dict[str, Any]:
+        """The checkpoint values of a step: every checkpoint is built here."""
+        now = self.clock.now_ms()
+        return dict(
+            workflow_id=self.workflow_id, step_id=position.step_id, name=position.name,
+            status=status.value, output=output, error=error, attempts=attempts,
+            attempt_errors=json.dumps(attempt_errors) if attempt_errors else None,
+            next_attempt_at_ms=next_attempt_at_ms, child_workflow_id=child_workflow_id,
+            started_at_ms=started_at_ms if started_at_ms is not None else now,
+            completed_at_ms=None if status is StepStatus.RETRYING else now,
+        )
+
+    def write(self, values: dict[str, Any], conn: Connection | None = None) -> bool:
+        """Write a checkpoint fenced by this execution's epoch; False when it
+        was refused. Inside `conn` (a caller's transaction) it is not retried."""
         if conn is not None:
-            written = self.store.write_step(self.epoch, values, conn=conn)
-        else:
-            written = retry_while_unavailable(
-                lambda: self.store.write_step(self.epoch, values), "writing a checkpoint"
-            )
-        if written:
-            return None
-        return self._diagnose_unwritten(values["step_id"])
+            return self.store.write_step(self.epoch, values, conn=conn)
+        return retry_while_unavailable(
+            lambda: self.store.write_step(self.epoch, values), "writing a checkpoint", clock=self.clock
+        )
 
-    def _diagnose_unwritten(self, step_id: int) -> dict[str, Any]:
+    def record(self, values: dict[str, Any]) -> dict[str, Any] | None:
+        """Write a checkpoint: None when it was written; otherwise the outcome
+        another execution recorded first (see `resolve_conflict`)."""
+        return None if self.write(values) else self.resolve_conflict(values["step_id"])
+
+    def record_success(self, position: Position, output: str, value: Any, **fields: Any) -> Any:
+        """Record a SUCCESS and return `value`, or what another execution recorded."""
+        existing = self.record(self.outcome(position, StepStatus.SUCCESS, output=output, **fields))
+        return value if existing is None else self.replay(existing)
+
+    def resolve_conflict(self, step_id: int) -> dict[str, Any]:
+        """A checkpoint was not written: another execution recorded this step
+        (use its outcome), or this one no longer owns the workflow (Fenced)."""
         existing = self.store.step_row(self.workflow_id, step_id)
         if existing is not None and existing["status"] != StepStatus.RETRYING.value:
             logger.warning(
@@ -171,158 +253,163 @@ class Execution:
             return existing
         raise Fenced()
 
-    def _note_crash(self, step_id: int, name: str, attempts: int) -> None:
+    def note_crash(self, position: Position, attempts: int) -> None:
         """The first unfinished step a recovered execution meets is the one the
         lost execution was in (or about to start)."""
         if self._crash_noted:
             return
         self._crash_noted = True
         self.store.record_crash(
-            self.workflow_id, step_id, name,
-            crash_text(self.claim.last_death, name, attempts + 1), now_ms(),
+            self.workflow_id, position.step_id, position.name,
+            crash_text(self.claim.last_death, position.name, attempts + 1), self.clock.now_ms(),
         )
 
-    def _wait_until(self, at_ms: int) -> None:
-        remaining_s = (at_ms - now_ms()) / 1000
+    def wait_until(self, at_ms: int) -> None:
+        """Wait in the worker when it is short; suspend the workflow otherwise."""
+        remaining_s = (at_ms - self.clock.now_ms()) / 1000
         if remaining_s <= 0:
             return
-        if remaining_s > self.durable.settings.inline_wait_max_seconds:
+        if remaining_s > self.settings.inline_wait_max_seconds:
             raise Suspend(at_ms)
-        time.sleep(remaining_s)
+        self.clock.sleep(remaining_s)
+
+    def record_value(self, name: str, produce: Callable[[], Any]) -> Any:
+        """Run `produce` once per workflow history position; replay returns the recorded value."""
+        position = self.reserve(name)
+        if position.row is not None:
+            return self.replay(position.row)
+        value = produce()
+        return self.record_success(position, ser.dumps(value), value)
 
     # --- steps ----------------------------------------------------------------
 
-    def run_step(self, step: "StepFunction", args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        step_id, row = self._reserve(step.name)
-        if row is not None and row["status"] != StepStatus.RETRYING.value:
-            return self._replay(row, self.workflow_id)
+    def run_step(
+        self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], transactional: bool = False
+    ) -> Any:
+        """A step with its retry policy: each failed attempt is recorded, so
+        a recovered execution resumes the count."""
+        position = self.reserve(step.name)
+        if position.final:
+            return self.replay(position.row or {})
+        row = position.row
         policy = step.policy
         attempts = row["attempts"] if row else 0
         errors: list[dict[str, Any]] = json.loads(row["attempt_errors"] or "[]") if row else []
-        started_ms = (row or {}).get("started_at_ms") or now_ms()
-        self._note_crash(step_id, step.name, attempts)
+        started_ms = (row or {}).get("started_at_ms") or self.clock.now_ms()
+        self.note_crash(position, attempts)
         if row is not None and row["next_attempt_at_ms"]:
-            self._wait_until(row["next_attempt_at_ms"])
+            self.wait_until(row["next_attempt_at_ms"])
         while True:
-            token = _step.set(StepContext(step_id, step.name, attempts, policy.max_attempts))
-            existing = None
-
-            def success_values(output: str) -> dict[str, Any]:
-                return dict(
-                    step_id=step_id, name=step.name, status=StepStatus.SUCCESS.value,
-                    output=output, attempts=attempts + 1,
-                    attempt_errors=json.dumps(errors) if errors else None,
-                    started_at_ms=started_ms, completed_at_ms=now_ms(),
+            def success(output: str) -> dict[str, Any]:
+                return self.outcome(
+                    position, StepStatus.SUCCESS, output=output, attempts=attempts + 1,
+                    attempt_errors=errors, started_at_ms=started_ms,
                 )
 
+            existing = None
             try:
-                if step.transactional:
-                    result, existing = self.durable.transactions.run(self, step, args, kwargs, success_values)
-                else:
-                    result = call_with_timeout(step.fn, args, kwargs, policy.timeout_seconds)
-                    output = ser.dumps(result)
+                with enter_step(StepContext(position.step_id, step.name, attempts, policy.max_attempts)):
+                    if transactional:
+                        result, existing = self._transactions().run(self, step, position, args, kwargs, success)
+                    else:
+                        result = call_with_timeout(step.fn, args, kwargs, policy.timeout_seconds)
+                        output = ser.dumps(result)
             except Exception as exc:
                 attempts += 1
-                errors.append(_attempt_error(exc, attempts))
+                errors.append(self._attempt_error(exc, attempts))
                 if isinstance(exc, SerializationError) or not policy.should_retry(exc, attempts):
-                    try:
-                        failure = self._step_failed(step, policy, step_id, exc, attempts, errors, started_ms)
-                    except _UseRecorded as recorded:  # another execution finished this step first
-                        return self._replay(recorded.row, self.workflow_id)
-                    raise failure
-                next_at = now_ms() + int(policy.delay_seconds(attempts) * 1000)
-                existing = self._checkpoint(dict(
-                    step_id=step_id, name=step.name, status=StepStatus.RETRYING.value,
-                    attempts=attempts, attempt_errors=json.dumps(errors),
+                    return self._fail_step(position, policy, exc, attempts, errors, started_ms)
+                next_at = self.clock.now_ms() + int(policy.delay_seconds(attempts) * 1000)
+                existing = self.record(self.outcome(
+                    position, StepStatus.RETRYING, attempts=attempts, attempt_errors=errors,
                     next_attempt_at_ms=next_at, started_at_ms=started_ms,
                 ))
                 if existing is not None:
-                    return self._replay(existing, self.workflow_id)
-                self._wait_until(next_at)
+                    return self.replay(existing)
+                self.wait_until(next_at)
                 continue
-            finally:
-                _step.reset(token)
-            if not step.transactional:
-                existing = self._checkpoint(success_values(output))
-            if existing is not None:
-                return self._replay(existing, self.workflow_id)
-            return result
+            if not transactional:  # outside the try: a failed write is no failed attempt
+                existing = self.record(success(output))
+            return result if existing is None else self.replay(existing)
 
-    def _step_failed(
-        self, step: "StepFunction", policy: RetryPolicy, step_id: int, exc: Exception,
-        attempts: int, errors: list[dict[str, Any]], started_ms: int,
-    ) -> BaseException:
-        retryable = policy.retries > 0 and isinstance(exc, policy.retry_on) and not isinstance(
-            exc, policy.dont_retry_on
-        )
-        final: BaseException = (
-            MaxStepRetriesExceededError(step.name, attempts, errors) if retryable else exc
-        )
-        existing = self._checkpoint(dict(
-            step_id=step_id, name=step.name, status=StepStatus.ERROR.value,
-            error=ser.dumps_error(final), attempts=attempts, attempt_errors=json.dumps(errors),
-            started_at_ms=started_ms, completed_at_ms=now_ms(),
+    def _fail_step(
+        self, position: Position, policy: RetryPolicy, exc: Exception, attempts: int,
+        errors: list[dict[str, Any]], started_ms: int,
+    ) -> Any:
+        """Record the step's final error and raise it (or replay what another
+        execution recorded first)."""
+        # a retried error that ran out of attempts, or one the policy never retries
+        retried = policy.retries > 0 and policy.retries_on(exc)
+        final: BaseException = MaxStepRetriesExceededError(position.name, attempts, errors) if retried else exc
+        existing = self.record(self.outcome(
+            position, StepStatus.ERROR, error=ser.dumps_error(final), attempts=attempts,
+            attempt_errors=errors, started_at_ms=started_ms,
         ))
         if existing is not None:
-            raise _UseRecorded(existing)
-        return final
+            return self.replay(existing)
+        raise final
+
+    def _transactions(self) -> TransactionalSteps:
+        if self.collaborators.transactions is None:
+            raise RuntimeError("this execution was given no transaction runner")
+        return self.collaborators.transactions
+
+    def _attempt_error(self, exc: BaseException, attempt: int) -> dict[str, Any]:
+        record = ser.error_to_dict(exc)
+        record.pop("args", None)
+        record["attempt"] = attempt
+        record["at_ms"] = self.clock.now_ms()
+        return record
 
     # --- durable time -----------------------------------------------------------
 
     def durable_sleep(self, seconds: float) -> None:
-        step_id, row = self._reserve("durable.sleep")
-        if row is None:
-            wake_at = now_ms() + int(seconds * 1000)
-            existing = self._checkpoint(dict(
-                step_id=step_id, name="durable.sleep", status=StepStatus.SUCCESS.value,
-                output=ser.dumps(wake_at), attempts=1,
-                started_at_ms=now_ms(), completed_at_ms=now_ms(),
-            ))
-            if existing is not None:
-                wake_at = ser.loads(existing["output"])
-        else:
-            wake_at = ser.loads(row["output"])
-        self._wait_until(wake_at)
+        wake_at = self.record_value("durable.sleep", lambda: self.clock.now_ms() + int(seconds * 1000))
+        self.wait_until(wake_at)
 
     def checkpointed_now(self) -> float:
-        return self.record_value("durable.now", time.time)
+        return float(self.record_value("durable.now", lambda: self.clock.now_ms() / 1000))
 
-    def record_value(self, name: str, produce: Callable[[], Any]) -> Any:
-        """Run `produce` once per workflow history position; replay returns the recorded value."""
-        step_id, row = self._reserve(name)
-        if row is not None:
-            return self._replay(row, self.workflow_id)
-        value = produce()
-        existing = self._checkpoint(dict(
-            step_id=step_id, name=name, status=StepStatus.SUCCESS.value,
-            output=ser.dumps(value), attempts=1, started_at_ms=now_ms(), completed_at_ms=now_ms(),
-        ))
-        return value if existing is None else self._replay(existing, self.workflow_id)
+    # --- messages and events (messaging.py, through the step protocol) --------------
+
+    def send(self, workflow_id: str, message: Any, topic: str | None = None) -> None:
+        self._messaging().send(self, workflow_id, message, topic)
+
+    def recv(self, topic: str | None, timeout: float | None) -> Any:
+        return self._messaging().recv(self, topic, timeout)
+
+    def set_event(self, key: str, value: Any) -> None:
+        self._messaging().set_event(self, key, value)
+
+    def get_event(self, workflow_id: str, key: str, timeout: float | None) -> Any:
+        return self._messaging().get_event(self, workflow_id, key, timeout)
+
+    def _messaging(self) -> WorkflowMessaging:
+        if self.collaborators.messaging is None:
+            raise RuntimeError("this execution was given no messaging")
+        return self.collaborators.messaging
 
     # --- children -----------------------------------------------------------------
 
     def start_child(self, child_row: dict[str, Any], name: str) -> str:
-        step_id, row = self._reserve(f"start:{name}")
-        if row is not None:
-            return row["child_workflow_id"]
+        position = self.reserve(f"start:{name}")
+        if position.row is not None:
+            return str(position.row["child_workflow_id"])
         if not child_row.get("workflow_id"):
-            child_row["workflow_id"] = f"{self.workflow_id}-{step_id}"
+            child_row["workflow_id"] = f"{self.workflow_id}-{position.step_id}"
         child_row["parent_workflow_id"] = self.workflow_id
         child_id = child_row["workflow_id"]
-        values = dict(
-            workflow_id=self.workflow_id, step_id=step_id, name=f"start:{name}",
-            status=StepStatus.SUCCESS.value, output=ser.dumps(child_id), attempts=1,
-            child_workflow_id=child_id, started_at_ms=now_ms(), completed_at_ms=now_ms(),
+        values = self.outcome(
+            position, StepStatus.SUCCESS, output=ser.dumps(child_id), child_workflow_id=child_id
         )
         written = retry_while_unavailable(
             lambda: self.store.start_child(self.workflow_id, self.epoch, dict(child_row), values),
-            "starting a child workflow",
+            "starting a child workflow", clock=self.clock,
         )
         if not written:
-            existing = self._diagnose_unwritten(step_id)
-            return existing["child_workflow_id"]
-        self.durable.dispatcher.publish(child_id, name, child_row["queue"], child_row["priority"])
-        return child_id
+            return str(self.resolve_conflict(position.step_id)["child_workflow_id"])
+        self.dispatcher.publish(child_id, name, child_row["queue"], child_row["priority"])
+        return str(child_id)
 
     def await_workflow(self, workflow_id: str, timeout: float | None = None) -> Any:
         """A workflow's outcome; suspends until it ends. With a timeout, its
@@ -333,91 +420,41 @@ class Execution:
             if timeout < 0:
                 raise ValueError(f"timeout must be >= 0, got {timeout!r}")
             deadline_ms = self.record_value(
-                "durable.result.deadline", lambda: now_ms() + int(timeout * 1000)
+                "durable.result.deadline", lambda: self.clock.now_ms() + int(timeout * 1000)
             )
-        step_id, row = self._reserve("durable.result")
-        if row is not None and row["status"] != StepStatus.RETRYING.value:
-            return self._replay(row, self.workflow_id)
+        position = self.reserve("durable.result")
+        if position.final:
+            return self.replay(position.row or {})
         outcome = retry_while_unavailable(
-            lambda: self.store.workflow_outcome(workflow_id), "reading a child's status"
+            lambda: self.store.workflow_outcome(workflow_id), "reading a child's status",
+            clock=self.clock,
         )
         if outcome is None:
-            from .errors import WorkflowNotFoundError
-
             raise WorkflowNotFoundError(workflow_id)
         status = outcome["status"]
         waiting = status in (Status.ENQUEUED.value, Status.PENDING.value)
-        if waiting and (deadline_ms is None or now_ms() < deadline_ms):
+        now = self.clock.now_ms()
+        if waiting and (deadline_ms is None or now < deadline_ms):
             # A child wakes its parent when it ends; any other workflow is
             # looked at again every few seconds, so no waiter is left in limbo.
             wake_at = deadline_ms
             if outcome["parent_workflow_id"] != self.workflow_id:
-                poll_at = now_ms() + _POLL_OTHER_WORKFLOW_MS
+                poll_at = now + POLL_OTHER_WORKFLOW_MS
                 wake_at = poll_at if wake_at is None else min(wake_at, poll_at)
             raise Suspend(wake_at)  # the sweeper publishes us at wake_at
-        base = dict(
-            step_id=step_id, name="durable.result", attempts=1, child_workflow_id=workflow_id,
-            started_at_ms=now_ms(), completed_at_ms=now_ms(),
-        )
         if status == Status.SUCCESS.value:
-            existing = self._checkpoint(dict(base, status=StepStatus.SUCCESS.value, output=outcome["output"]))
-            return ser.loads(outcome["output"]) if existing is None else self._replay(existing, self.workflow_id)
+            return self.record_success(
+                position, outcome["output"], ser.loads(outcome["output"]), child_workflow_id=workflow_id
+            )
         if waiting:
             error: BaseException = TimeoutError(
                 f"workflow {workflow_id!r} still {status} after {timeout}s"
             )
         else:
-            error = outcome_error(workflow_id, status, outcome["error"])
-        existing = self._checkpoint(dict(base, status=StepStatus.ERROR.value, error=ser.dumps_error(error)))
+            error = ser.outcome_error(workflow_id, status, outcome["error"])
+        existing = self.record(self.outcome(
+            position, StepStatus.ERROR, error=ser.dumps_error(error), child_workflow_id=workflow_id
+        ))
         if existing is not None:
-            return self._replay(existing, self.workflow_id)
+            return self.replay(existing)
         raise error
-
-
-def quarantine(durable: "Durable", claim: Claim) -> None:
-    """The claim found the workflow lost once too often: record why, end it
-    MAX_RECOVERY_ATTEMPTS_EXCEEDED (already set by the claim), wake the parent."""
-    store = durable.store
-    step_rows = store.list_steps(claim.workflow_id)
-    in_flight = next((r for r in step_rows if r["status"] == StepStatus.RETRYING.value), None)
-    if in_flight is None:
-        step_id = max((r["step_id"] for r in step_rows), default=-1) + 1
-        where = f"step #{step_id}"
-    else:
-        step_id = in_flight["step_id"]
-        store.record_crash(
-            claim.workflow_id, step_id, in_flight["name"],
-            crash_text(claim.last_death, in_flight["name"], in_flight["attempts"] + 1), now_ms(),
-        )
-        where = f"step #{step_id} {in_flight['name']!r}"
-    error = MaxRecoveryAttemptsExceededError(
-        f"workflow {claim.workflow_id!r} lost its worker {claim.recovery_attempts} times "
-        f"(max_recovery_attempts={claim.max_recovery_attempts}); last in {where}: "
-        f"{claim.last_death or 'lease expired (worker gone without a report)'}"
-    )
-    parent = store.record_quarantine(claim.workflow_id, claim.epoch, ser.dumps_error(error), now_ms())
-    logger.error("%s", error)
-    if parent:
-        durable.dispatcher.publish_by_id(parent)
-
-
-def unknown_workflow(durable: "Durable", claim: Claim) -> None:
-    error = UnknownWorkflowError(
-        f"no workflow named {claim.name!r} is registered in this worker "
-        f"(known: {sorted(durable.registry)[:20]})"
-    )
-    store = durable.store
-    ended, parent = store.finish(
-        claim.workflow_id, claim.epoch, Status.ERROR, now_ms(), error=ser.dumps_error(error)
-    )
-    logger.error("%s", error)
-    if ended and parent:
-        durable.dispatcher.publish_by_id(parent)
-
-
-def _attempt_error(exc: BaseException, attempt: int) -> dict[str, Any]:
-    record = ser.error_to_dict(exc)
-    record.pop("args", None)
-    record["attempt"] = attempt
-    record["at_ms"] = now_ms()
-    return record

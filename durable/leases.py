@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 
+from .clock import SYSTEM_CLOCK, Clock
 from .records import Status
 from .store import Store
 
@@ -26,8 +26,9 @@ logger = logging.getLogger("durable.leases")
 
 
 class LeaseKeeper:
-    def __init__(self, store: Store, lease_seconds: float):
+    def __init__(self, store: Store, lease_seconds: float, clock: Clock = SYSTEM_CLOCK):
         self.store = store
+        self.clock = clock
         self.lease_seconds = lease_seconds
         self._epochs: dict[str, int] = {}
         self._owner = ""
@@ -71,7 +72,7 @@ class LeaseKeeper:
             owner = self._owner
         if not epochs:
             return set()
-        now = int(time.time() * 1000) if now_ms is None else now_ms
+        now = self.clock.now_ms() if now_ms is None else now_ms
         until_ms = now + int(self.lease_seconds * 1000)
         not_renewed = self.store.renew_leases(owner, epochs, until_ms)
         lost = set()

@@ -11,27 +11,24 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import TYPE_CHECKING
 
 from . import serialization as ser
+from .clock import SYSTEM_CLOCK, Clock
+from .dispatch import Dispatcher
 from .errors import WorkflowTimeoutError
 from .settings import Settings
 from .store import Store
-
-if TYPE_CHECKING:
-    from .celery_binding import Dispatcher
 
 logger = logging.getLogger("durable.recovery")
 
 
 def sweep_once(
-    store: Store, dispatcher: "Dispatcher", settings: Settings, now_ms: int | None = None,
+    store: Store, dispatcher: Dispatcher, settings: Settings, now_ms: int,
     expired_leases: bool = True,
 ) -> int:
     """One sweep; returns how many workflows it published. expired_leases=False
     leaves workflows whose lease expired alone (see Sweeper._loop)."""
-    now = int(time.time() * 1000) if now_ms is None else now_ms
+    now = now_ms
     timed_out = store.expire_deadlines(
         now, ser.dumps_error(WorkflowTimeoutError("workflow passed its deadline and was cancelled"))
     )
@@ -46,7 +43,10 @@ def sweep_once(
 
 
 class Sweeper:
-    def __init__(self, store: Store, dispatcher: "Dispatcher", settings: Settings):
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, settings: Settings, clock: Clock = SYSTEM_CLOCK
+    ):
+        self.clock = clock
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
@@ -71,12 +71,12 @@ class Sweeper:
         while not self._stop.wait(self.settings.sweep_interval_seconds):
             try:
                 sweep_once(
-                    self.store, self.dispatcher, self.settings,
-                    expired_leases=time.monotonic() >= hold_until,
+                    self.store, self.dispatcher, self.settings, self.clock.now_ms(),
+                    expired_leases=self.clock.monotonic() >= hold_until,
                 )
                 if outage:
                     outage = False
-                    hold_until = time.monotonic() + self.settings.lease_seconds
+                    hold_until = self.clock.monotonic() + self.settings.lease_seconds
             except Exception as exc:  # noqa: BLE001 - the next sweep tries again
                 outage = True
                 hold_until = float("inf")

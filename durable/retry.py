@@ -1,4 +1,6 @@
-"""The step retry policy: one frozen value and a pure back-off function."""
+"""Retry and back-off, in one place: the step retry policy (a frozen value),
+the pure back-off function, and the `Backoff` every wait loop draws its
+pauses from."""
 
 from __future__ import annotations
 
@@ -35,12 +37,12 @@ class RetryPolicy:
     def max_attempts(self) -> int:
         return self.retries + 1
 
+    def retries_on(self, exc: BaseException) -> bool:
+        """This policy retries this kind of error (if attempts are left)."""
+        return isinstance(exc, self.retry_on) and not isinstance(exc, self.dont_retry_on)
+
     def should_retry(self, exc: BaseException, attempts_made: int) -> bool:
-        if attempts_made >= self.max_attempts:
-            return False
-        if isinstance(exc, self.dont_retry_on):
-            return False
-        return isinstance(exc, self.retry_on)
+        return attempts_made < self.max_attempts and self.retries_on(exc)
 
     def delay_seconds(self, retry_number: int) -> float:
         return backoff_delay_seconds(
@@ -76,3 +78,36 @@ def backoff_delay_seconds(
     if jitter_fraction is not None:
         delay = delay / 2 + delay / 2 * jitter_fraction
     return delay
+
+
+class Backoff:
+    """The pauses of a wait or poll loop: `first_seconds`, then doubling up to
+    `max_seconds`, each drawn with equal jitter when `jitter` is set. Every
+    loop in durable that waits for something (a database outage, a lock
+    conflict, a workflow's outcome, a message) takes its pauses from one."""
+
+    def __init__(
+        self,
+        first_seconds: float,
+        max_seconds: float,
+        jitter: bool = False,
+        random_fraction: Callable[[], float] = random.random,
+    ):
+        if first_seconds <= 0 or max_seconds < first_seconds:
+            raise ValueError("need 0 < first_seconds <= max_seconds")
+        self.first_seconds = first_seconds
+        self.max_seconds = max_seconds
+        self.jitter = jitter
+        self.random_fraction = random_fraction
+        self.pauses = 0
+
+    def next_pause(self, remaining_seconds: float | None = None) -> float:
+        """The next pause, never longer than `remaining_seconds` (a deadline)."""
+        self.pauses += 1
+        pause = backoff_delay_seconds(
+            self.pauses, self.first_seconds, 2.0, self.max_seconds,
+            self.random_fraction() if self.jitter else None,
+        )
+        if remaining_seconds is not None:
+            pause = max(0.0, min(pause, remaining_seconds))
+        return pause

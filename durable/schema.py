@@ -175,3 +175,21 @@ event_waiters = Table(
     ),
     Index("ix_durable_event_waiters_waiter", "waiter_workflow_id"),
 )
+
+
+# --- in an application database of its own (`app_database_url`) ---------------
+# Migrated by `durable/migrations/app_database/`, with its own version table.
+
+app_metadata = MetaData()
+
+# The outcome of a @transaction step, written inside the application's own
+# transaction; the step row in the system database is written after it.
+transaction_outputs = Table(
+    "durable_transaction_outputs",
+    app_metadata,
+    Column("workflow_id", String(255), nullable=False),
+    Column("step_id", Integer, nullable=False),
+    Column("output", Text, nullable=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("workflow_id", "step_id", name="pk_durable_transaction_outputs"),
+)

@@ -238,3 +238,24 @@ def rebuild_error(record: dict[str, Any], workflow_id: str = "") -> BaseExceptio
     else:  # before 3.11 notes are a plain attribute (not shown in tracebacks)
         setattr(exc, "__notes__", notes)
     return exc
+
+
+def outcome_error(workflow_id: str, status: str, error_text: str | None) -> BaseException:
+    """The exception that awaiting a workflow which ended this way raises."""
+    from .errors import (
+        AwaitedWorkflowCancelledError,
+        AwaitedWorkflowMaxRecoveryAttemptsExceededError,
+        WorkflowTimeoutError,
+    )
+    from .records import Status
+
+    record = loads_error(error_text) or {}
+    if status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
+        return AwaitedWorkflowMaxRecoveryAttemptsExceededError(
+            f"workflow {workflow_id!r} was quarantined: {record.get('message', '')}"
+        )
+    if status == Status.CANCELLED.value:
+        if record.get("type", "").endswith("WorkflowTimeoutError"):
+            return WorkflowTimeoutError(record.get("message", f"workflow {workflow_id!r} timed out"))
+        return AwaitedWorkflowCancelledError(f"workflow {workflow_id!r} was cancelled")
+    return rebuild_error(record, workflow_id)

@@ -3,47 +3,35 @@ one database transaction, so the step takes effect exactly once.
 
 When the application database is the system database, the outcome is the
 ordinary step row. When it is another database, an outputs table there
-(`durable_transaction_outputs`, created by `ensure_outputs_table`) records
-the outcome inside the user's transaction; the step row in the system
-database is written after, and a replay that finds the output but no step
-row copies it over instead of running the function again.
+(`durable_transaction_outputs`, migrated with the application database's own
+Alembic history) records the outcome inside the user's transaction; the
+step row in the system database is written after, and a replay that finds
+the output but no step row copies it over instead of running the function
+again.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-import random
-import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-from sqlalchemy import BigInteger, Column, Integer, MetaData, PrimaryKeyConstraint, String, Table, Text, select
-from sqlalchemy import inspect as sa_inspect
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import serialization as ser
-from .database import Database, is_unavailable
-
-if TYPE_CHECKING:
-    from .app import Durable, StepFunction
-    from .engine import Execution
+from .clock import SYSTEM_CLOCK, Clock
+from .database import APP_TABLES, Database
+from .db_errors import DbErrorKind, classify
+from .engine import Execution, Position, Step
+from .retry import Backoff
+from .schema import transaction_outputs
+from .settings import Settings
 
 logger = logging.getLogger("durable.transactions")
 
-outputs_metadata = MetaData()
-transaction_outputs = Table(
-    "durable_transaction_outputs",
-    outputs_metadata,
-    Column("workflow_id", String(255), nullable=False),
-    Column("step_id", Integer, nullable=False),
-    Column("output", Text, nullable=True),
-    Column("created_at_ms", BigInteger, nullable=False),
-    PrimaryKeyConstraint("workflow_id", "step_id", name="pk_durable_transaction_outputs"),
-)
-
-# SQLSTATEs worth retrying: serialization failure and deadlock.
-_RETRYABLE_SQLSTATES = {"40001", "40P01"}
 _MAX_CONFLICT_RETRIES = 10
 
 
@@ -69,15 +57,7 @@ def check_transaction_signature(fn: Callable[..., Any]) -> None:
         )
 
 
-def _is_retryable_conflict(exc: BaseException) -> bool:
-    if not isinstance(exc, DBAPIError):
-        return False
-    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    # SQLite reports a busy writer instead of a serialization failure
-    return sqlstate in _RETRYABLE_SQLSTATES or "database is locked" in str(exc.orig).lower()
-
-
-def _call_in_session(conn: Any, step: "StepFunction", args: Any, kwargs: Any) -> Any:
+def _call_in_session(conn: Any, step: Step, args: Any, kwargs: Any) -> Any:
     """Run the function with a Session inside `conn`'s transaction. The session
     works in a savepoint (so its own commit/rollback stay inside the step);
     committing it releases the savepoint into the outer transaction, which
@@ -97,130 +77,105 @@ class _Unwritten(Exception):
 
 
 class Transactions:
-    def __init__(self, durable: "Durable"):
-        self.durable = durable
-        settings = durable.settings
+    """The engine's `TransactionalSteps`, on the application database."""
+
+    def __init__(self, settings: Settings, system_db: Database, clock: Clock = SYSTEM_CLOCK):
+        self.clock = clock
         self.separate = bool(settings.app_database_url) and (
             settings.app_database_url != settings.resolved_database_url
         )
-        self.app_db = Database(settings.app_database_url) if self.separate else durable.store.db
-        self._outputs_ready = False
+        self.app_db = Database(settings.app_database_url, history=APP_TABLES) if self.separate else system_db
 
-    def ensure_outputs_table(self) -> None:
-        if self.separate and not self._outputs_ready:
-            try:
-                outputs_metadata.create_all(self.app_db.engine, checkfirst=True)
-            except DBAPIError:
-                # Another worker created it between our check and our CREATE
-                # (Postgres reports a duplicate pg_type row); fine if it exists now.
-                if not sa_inspect(self.app_db.engine).has_table(transaction_outputs.name):
-                    raise
-            self._outputs_ready = True
-
-    def run_outside(self, step: "StepFunction", args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def run_outside(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Called outside a workflow: an ordinary transaction, no checkpoint."""
-        with self._session() as session:
+        with Session(bind=self._engine(step)) as session:
             result = step.fn(session, *args, **kwargs)
             session.commit()
             return result
 
-    def _session(self, isolation: str | None = None) -> Session:
+    def _engine(self, step: Step) -> Engine:
+        self.app_db.ensure_schema()
         engine = self.app_db.engine
-        if isolation:
-            engine = engine.execution_options(isolation_level=isolation)  # type: ignore[assignment]
-        return Session(bind=engine)
+        if step.isolation:
+            engine = engine.execution_options(isolation_level=step.isolation)
+        return engine
 
     def run(
         self,
-        execution: "Execution",
-        step: "StepFunction",
+        execution: Execution,
+        step: Step,
+        position: Position,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        success_values: Callable[[str], dict[str, Any]],
+        success: Callable[[str], dict[str, Any]],
     ) -> tuple[Any, dict[str, Any] | None]:
         """Run the function and commit its writes with the outcome. Returns
-        (result, existing row written by another execution, or None)."""
-        delay = 0.01
-        conflicts = 0
-        outage_delay = 0.05
+        (result, the outcome another execution recorded first, or None)."""
+        conflicts = Backoff(0.01, 1.0, jitter=True)
+        outage = Backoff(0.05, 2.0, jitter=True)
         while True:
             try:
                 if self.separate:
-                    return self._run_separate(execution, step, args, kwargs, success_values)
-                return self._run_same(execution, step, args, kwargs, success_values)
+                    return self._run_separate(execution, step, position, args, kwargs, success)
+                return self._run_same(execution, step, position, args, kwargs, success)
             except Exception as exc:
-                if conflicts < _MAX_CONFLICT_RETRIES and _is_retryable_conflict(exc):
-                    conflicts += 1
+                kind = classify(exc)
+                if kind is DbErrorKind.CONFLICT and conflicts.pauses < _MAX_CONFLICT_RETRIES:
                     logger.info("transaction %s conflicted (%s); retrying", step.name, exc)
-                    time.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, 1.0)
+                    self.clock.sleep(conflicts.next_pause())
                     continue
-                if is_unavailable(exc):
+                if kind is DbErrorKind.UNAVAILABLE:
                     # The database went away mid-transaction (restart, failover):
                     # not the step's failure. Either nothing committed, or the
                     # outcome did (then the re-run finds it and its own writes roll
                     # back), so wait for the database and run the transaction again.
                     logger.warning("database unavailable during transaction %s: %s", step.name, exc)
-                    time.sleep(outage_delay * (0.5 + random.random() / 2))
-                    outage_delay = min(outage_delay * 2, 2.0)
+                    self.clock.sleep(outage.next_pause())
                     continue
                 raise
 
     def _run_same(
-        self, execution: "Execution", step: "StepFunction", args: Any, kwargs: Any,
-        success_values: Callable[[str], dict[str, Any]],
+        self, execution: Execution, step: Step, position: Position, args: Any,
+        kwargs: Any, success: Callable[[str], dict[str, Any]],
     ) -> tuple[Any, dict[str, Any] | None]:
-        db = self.app_db
-        db.ensure_schema()
-        engine = db.engine
-        if step.isolation:
-            engine = engine.execution_options(isolation_level=step.isolation)  # type: ignore[assignment]
         try:
-            with engine.connect() as conn:
+            with self._engine(step).connect() as conn:
                 with conn.begin():
                     result = _call_in_session(conn, step, args, kwargs)
-                    output = ser.dumps(result)
-                    values = {"workflow_id": execution.workflow_id, **success_values(output)}
-                    if not execution.store.write_step(execution.epoch, values, conn=conn):
+                    if not execution.write(success(ser.dumps(result)), conn=conn):
                         raise _Unwritten()
         except _Unwritten:
-            return None, execution._diagnose_unwritten(values["step_id"])
+            return None, execution.resolve_conflict(position.step_id)
         return result, None
 
     def _run_separate(
-        self, execution: "Execution", step: "StepFunction", args: Any, kwargs: Any,
-        success_values: Callable[[str], dict[str, Any]],
+        self, execution: Execution, step: Step, position: Position, args: Any,
+        kwargs: Any, success: Callable[[str], dict[str, Any]],
     ) -> tuple[Any, dict[str, Any] | None]:
-        self.ensure_outputs_table()
-        probe = success_values("null")
-        step_id = probe["step_id"]
-        recorded = self._recorded_output(execution.workflow_id, step_id)
+        recorded = self._recorded_output(execution.workflow_id, position.step_id)
         if recorded is None:
-            engine = self.app_db.engine
-            if step.isolation:
-                engine = engine.execution_options(isolation_level=step.isolation)  # type: ignore[assignment]
             try:
-                with engine.connect() as conn:
+                with self._engine(step).connect() as conn:
                     with conn.begin():
                         result = _call_in_session(conn, step, args, kwargs)
                         output = ser.dumps(result)
                         conn.execute(transaction_outputs.insert().values(
-                            workflow_id=execution.workflow_id, step_id=step_id, output=output,
-                            created_at_ms=int(time.time() * 1000),
+                            workflow_id=execution.workflow_id, step_id=position.step_id,
+                            output=output, created_at_ms=self.clock.now_ms(),
                         ))
             except IntegrityError:
                 # Another execution of this step committed first (its outputs
                 # row holds the key): our writes are rolled back, use its result.
-                recorded = self._recorded_output(execution.workflow_id, step_id)
+                recorded = self._recorded_output(execution.workflow_id, position.step_id)
                 if recorded is None:
                     raise
         if recorded is not None:
             output = recorded
             result = ser.loads(recorded)
-        existing = execution._checkpoint(success_values(output))
-        return result, existing
+        return result, execution.record(success(output))
 
     def _recorded_output(self, workflow_id: str, step_id: int) -> str | None:
+        self.app_db.ensure_schema()
         with self.app_db.engine.connect() as conn:
             row = conn.execute(
                 select(transaction_outputs.c.output).where(

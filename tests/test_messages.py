@@ -1,4 +1,4 @@
-"""Durable messages and events (DESIGN.md §3), against real worker processes,
+"""Durable messages and events (docs/concepts.md), against real worker processes,
 once per store dialect: send/recv exactly once across replays and kills,
 timeouts stable across suspension, set_event waking get_event waiters, bad
 input writing nothing, and the rows' life with delete and fork."""

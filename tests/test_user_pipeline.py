@@ -1,4 +1,4 @@
-"""SCENARIOS S3 with the example in examples/user_pipeline: 10 batches x 10
+"""The batch pipeline under fire (examples/user_pipeline): 10 batches x 10
 pages x 10 users, page inserts failing after writing 40% of the time, pool
 processes and whole workers SIGKILLed at random. The @transaction version
 must end with exactly 1,000 rows, each user once."""

@@ -1,0 +1,84 @@
+"""Publishing "look at workflow X": the only messages durable sends.
+
+A message carries a workflow's ID and name and nothing else; the row is the
+truth. A failed publish is logged, not raised: the recovery sweeper
+publishes any runnable workflow nobody picked up. The engine, the client
+and the sweeper publish through a `Dispatcher`; tests hand them one that
+records what was published instead of ringing a broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Protocol
+
+from celery import Celery
+
+from .records import Status
+from .settings import Settings
+from .store import Store
+
+logger = logging.getLogger("durable.dispatch")
+
+RUN_TASK = "durable.run_workflow"
+
+
+class Dispatcher(Protocol):
+    def publish(self, workflow_id: str, name: str, queue: str, priority: int = 0) -> bool:
+        """Ring the broker for this workflow; False when the publish failed."""
+
+
+class CeleryDispatcher:
+    def __init__(self, app: Celery):
+        self.app = app
+
+    def publish(self, workflow_id: str, name: str, queue: str, priority: int = 0) -> bool:
+        try:
+            self.app.send_task(
+                RUN_TASK,
+                args=[workflow_id, name],
+                queue=queue,
+                routing_key=queue,
+                priority=priority,
+                shadow=f"durable:{name}",
+                argsrepr=f"({workflow_id!r}, {name!r})",
+                retry=True,
+                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+            )
+            return True
+        except Exception as exc:  # noqa: BLE001 - the sweeper redelivers
+            logger.warning("could not publish workflow %s (the sweeper will): %s", workflow_id, exc)
+            return False
+
+
+def publish_if_runnable(store: Store, dispatcher: Dispatcher, workflow_id: str) -> bool:
+    """Publish a workflow known only by its ID (a parent to wake), if it can
+    still run."""
+    row = store.workflow_row(workflow_id)
+    if row is None or row["status"] not in (Status.ENQUEUED.value, Status.PENDING.value):
+        return False
+    return dispatcher.publish(workflow_id, row["name"], row["queue"], row["priority"])
+
+
+def process_owner(pid: int | None = None) -> str:
+    """Lease owner name of a process: the worker's main process can compute it
+    for a child it lost."""
+    return f"{socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def configure_app(app: Celery, settings: Settings) -> Celery:
+    # Celery waits worker_lost_wait (10 s by default) for a dead child's
+    # result before reporting it lost; durable tasks publish no result, and
+    # the report is what lets the redelivered message claim at once.
+    if "worker_lost_wait" not in app.conf.changes:
+        app.conf.worker_lost_wait = 0.5
+    broker = app.conf.broker_url or ""
+    if broker.startswith("filesystem://") or (not broker and settings.is_embedded_broker):
+        if not broker:
+            app.conf.broker_url = settings.resolved_broker_url
+        options = dict(settings.broker_transport_options())
+        options.update(app.conf.broker_transport_options or {})
+        app.conf.broker_transport_options = options
+    return app

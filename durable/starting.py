@@ -1,0 +1,106 @@
+"""Starting a workflow: the options a start accepts, the row a new workflow
+starts as, and the insert-then-publish that every start goes through (a
+workflow's `start()`, `DurableClient.enqueue`, a child started by its
+parent)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from . import serialization as ser
+from .clock import SYSTEM_CLOCK, Clock
+from .dispatch import Dispatcher
+from .errors import DuplicateWorkflowError
+from .records import Status
+from .settings import Settings
+from .store import DedupConflict, Store
+
+MAX_NAME_LENGTH = 255
+
+
+def check_name(value: Any, what: str, optional: bool = False) -> None:
+    """IDs, keys and topics: non-empty strings that fit their column."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters, got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class StartOptions:
+    workflow_id: str | None = None
+    dedup_key: str | None = None
+    queue: str | None = None
+    priority: int = 0
+    timeout: float | None = None  # seconds; past it the workflow is cancelled
+    on_duplicate: str = "raise"  # or "return_existing"
+    max_recovery_attempts: int | None = None
+
+    def __post_init__(self) -> None:
+        check_name(self.workflow_id, "workflow_id", optional=True)
+        check_name(self.dedup_key, "dedup_key", optional=True)
+        if not isinstance(self.priority, int) or not 0 <= self.priority <= 9:
+            raise ValueError(f"priority must be an integer from 0 to 9, got {self.priority!r}")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.on_duplicate not in ("raise", "return_existing"):
+            raise ValueError(f"on_duplicate must be 'raise' or 'return_existing', got {self.on_duplicate!r}")
+        if self.max_recovery_attempts is not None and self.max_recovery_attempts < 0:
+            raise ValueError("max_recovery_attempts must be >= 0")
+
+
+def new_workflow_row(
+    settings: Settings,
+    name: str,
+    args: Sequence[Any],
+    kwargs: dict[str, Any],
+    workflow_id: str | None = None,
+    queue: str | None = None,
+    dedup_key: str | None = None,
+    priority: int = 0,
+    timeout_seconds: float | None = None,
+    max_recovery_attempts: int | None = None,
+    clock: Clock = SYSTEM_CLOCK,
+) -> dict[str, Any]:
+    """The row a new workflow starts as. Serializes the inputs first, so bad
+    input fails here with SerializationError before anything is written."""
+    inputs = ser.dumps_inputs(tuple(args), dict(kwargs))
+    now = clock.now_ms()
+    return dict(
+        workflow_id=str(uuid.uuid4()) if workflow_id is None else workflow_id,
+        name=name,
+        status=Status.ENQUEUED.value,
+        queue=queue or settings.default_queue,
+        dedup_key=dedup_key,
+        priority=priority,
+        inputs=inputs,
+        max_recovery_attempts=max_recovery_attempts,  # None: the workflow's own default
+        # If this workflow's message is lost before anyone claims it, the
+        # recovery sweeper publishes it again after this.
+        redispatch_at_ms=now + int(settings.redelivery_seconds * 1000),
+        deadline_at_ms=now + int(timeout_seconds * 1000) if timeout_seconds else None,
+        app_version=settings.app_version or None,
+        created_at_ms=now,
+        updated_at_ms=now,
+    )
+
+
+def start_workflow(
+    store: Store, dispatcher: Dispatcher, row: dict[str, Any], on_duplicate: str = "raise"
+) -> str:
+    """Insert the row and publish it; returns the workflow's ID (an existing
+    workflow's, when the ID or, with "return_existing", the dedup key was
+    taken)."""
+    try:
+        result = store.insert_workflow(row)
+    except DedupConflict as conflict:
+        if on_duplicate == "return_existing" and conflict.holder_workflow_id:
+            return conflict.holder_workflow_id
+        raise DuplicateWorkflowError(row["dedup_key"], row["queue"], conflict.holder_workflow_id) from None
+    if result.created:
+        dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
+    return str(row["workflow_id"])
