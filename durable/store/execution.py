@@ -177,6 +177,10 @@ class ExecutionSql(StoreBase):
             ).rowcount
             if won != 1:
                 return None
+            if quarantine and row["parent_workflow_id"]:
+                # in this transaction: a crash before the quarantine's
+                # details are written must not leave the parent waiting
+                self._wake(conn, row["parent_workflow_id"], now_ms)
             step_rows = {} if quarantine else self.steps_of(workflow_id, conn)
         return Claim.of(
             workflow_id, row, status=values["status"], epoch=values["lease_epoch"],

@@ -106,7 +106,7 @@ def test_a_poison_workflow_is_quarantined_and_releases_its_dedup_key(cluster: Cl
     status = cluster.status(handle.workflow_id)
     assert status.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED and status.recovery_attempts == 3
     with pytest.raises(AwaitedWorkflowMaxRecoveryAttemptsExceededError, match="lost its worker 3 times"):
-        handle.result()
+        handle.result(timeout=5)
     assert cluster.steps(handle.workflow_id)[0].crashes == 3
     again = poison.options(dedup_key="6/5").start("6/5")  # the key is free
     assert again.workflow_id != handle.workflow_id
@@ -118,4 +118,4 @@ def test_an_unknown_workflow_name_ends_in_error(cluster: Cluster) -> None:
     workflow_id = start_workflow(dur.store, cluster.dispatcher, row)
     assert cluster.drive() == ["unknown"]
     with pytest.raises(UnknownWorkflowError, match="never_registered"):
-        dur.handle(workflow_id).result()
+        dur.handle(workflow_id).result(timeout=5)

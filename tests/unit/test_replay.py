@@ -81,7 +81,7 @@ def test_replay_returns_recorded_time_and_values(cluster: Cluster) -> None:
     started = cluster.clock.now_ms() / 1000
     cluster.recover()  # the clock moved on by a lease period
     assert seen[0] == seen[1] == started
-    assert handle.result() == started
+    assert handle.result(timeout=5) == started
 
 
 def test_a_changed_workflow_fails_with_non_determinism(cluster: Cluster) -> None:
@@ -115,4 +115,4 @@ def test_a_changed_workflow_fails_with_non_determinism(cluster: Cluster) -> None
     assert status.status == Status.ERROR
     assert status.error is not None and status.error.type.endswith("NonDeterministicWorkflowError")
     with pytest.raises(NonDeterministicWorkflowError, match="first.*other|other.*first"):
-        handle.result()
+        handle.result(timeout=5)

@@ -28,7 +28,7 @@ def test_retries_wait_the_policys_back_off_and_record_each_attempt(cluster: Clus
 
     handle = calls_flaky.start()
     cluster.drive()
-    assert handle.result() == "up"
+    assert handle.result(timeout=5) == "up"
     assert cluster.clock.sleeps == [0.5, 1.0]  # inline waits: short back-offs keep the slot
     step = cluster.steps(handle.workflow_id)[0]
     assert step.attempts == 3 and step.status == "SUCCESS"
@@ -49,7 +49,7 @@ def test_exhausted_retries_end_with_max_step_retries_exceeded(cluster: Cluster) 
     handle = doomed.start()
     cluster.drive()
     with pytest.raises(MaxStepRetriesExceededError) as raised:
-        handle.result()
+        handle.result(timeout=5)
     assert raised.value.attempts == 3
     assert cluster.status(handle.workflow_id).status == Status.ERROR
 
@@ -70,7 +70,7 @@ def test_errors_not_to_retry_fail_at_once(cluster: Cluster) -> None:
     handle = payment.start()
     cluster.drive()
     with pytest.raises(ValueError, match="fraud detected"):
-        handle.result()
+        handle.result(timeout=5)
     assert calls == [1] and cluster.clock.sleeps == []
 
 
@@ -97,7 +97,7 @@ def test_a_long_back_off_suspends_and_the_sweeper_wakes_it(cluster: Cluster) -> 
     cluster.clock.advance(1)
     assert cluster.sweep() == 1
     cluster.drive()
-    assert handle.result() == "ok" and len(attempts) == 2
+    assert handle.result(timeout=5) == "ok" and len(attempts) == 2
 
 
 def test_a_crash_between_retries_resumes_the_attempt_count(cluster: Cluster) -> None:
@@ -120,7 +120,7 @@ def test_a_crash_between_retries_resumes_the_attempt_count(cluster: Cluster) -> 
     handle = resumes.start()
     cluster.drive()
     cluster.recover()
-    assert handle.result() == "ok"
+    assert handle.result(timeout=5) == "ok"
     step = cluster.steps(handle.workflow_id)[0]
     # attempt 1 failed (recorded), attempt 2 was killed (a crash, not an attempt), attempt 3 won
     assert step.attempts == 2 and step.crashes == 1

@@ -3,6 +3,8 @@ workflow holds no worker; what ends its wait publishes it again."""
 
 from __future__ import annotations
 
+import pytest
+
 import durable
 from durable import Status
 from durable.errors import AwaitedWorkflowMaxRecoveryAttemptsExceededError
@@ -28,7 +30,7 @@ def test_a_long_sleep_suspends_until_its_recorded_wake_up(cluster: Cluster) -> N
     cluster.clock.advance(0.1)
     assert cluster.sweep() == 1
     cluster.drive()
-    assert handle.result() == "awake"
+    assert handle.result(timeout=5) == "awake"
 
 
 def test_a_short_sleep_waits_in_the_worker(cluster: Cluster) -> None:
@@ -41,7 +43,7 @@ def test_a_short_sleep_waits_in_the_worker(cluster: Cluster) -> None:
 
     handle = napper.start()
     assert cluster.drive() == ["executed"]
-    assert handle.result() == "done" and cluster.clock.sleeps == [1.5]
+    assert handle.result(timeout=5) == "done" and cluster.clock.sleeps == [1.5]
 
 
 def test_a_child_wakes_its_waiting_parent_when_it_ends(cluster: Cluster) -> None:
@@ -60,7 +62,7 @@ def test_a_child_wakes_its_waiting_parent_when_it_ends(cluster: Cluster) -> None
     outcomes = cluster.drive()
     # the parent suspends on its first child, each child ends and wakes it
     assert outcomes.count("executed") >= 4
-    assert handle.result() == 12
+    assert handle.result(timeout=5) == 12
     children = dur.list_workflows(parent_workflow_id=handle.workflow_id)
     assert sorted(c.workflow_id for c in children) == [f"{handle.workflow_id}-{i}" for i in (0, 1, 2)]
 
@@ -90,7 +92,7 @@ def test_a_quarantined_child_fails_its_parents_await(cluster: Cluster) -> None:
     cluster.recover()  # recovery 2 > max 1: quarantined, the parent is woken
     child_id = f"{handle.workflow_id}-0"
     assert cluster.status(child_id).status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED
-    assert handle.result() == "child quarantined"
+    assert handle.result(timeout=5) == "child quarantined"
 
 
 def test_a_deadline_on_an_await_is_recorded_and_raises_timeout(cluster: Cluster) -> None:
@@ -117,7 +119,7 @@ def test_a_deadline_on_an_await_is_recorded_and_raises_timeout(cluster: Cluster)
     cluster.clock.advance(30)
     cluster.sweep()
     cluster.drive()
-    assert handle.result() == "gave up"
+    assert handle.result(timeout=5) == "gave up"
 
 
 def test_recv_suspends_until_a_message_arrives(cluster: Cluster) -> None:
@@ -134,7 +136,7 @@ def test_recv_suspends_until_a_message_arrives(cluster: Cluster) -> None:
     dur.send(handle.workflow_id, {"order": 7}, topic="orders")
     assert cluster.dispatcher.pending  # the send rang the doorbell
     cluster.drive()
-    assert handle.result() == {"order": 7}
+    assert handle.result(timeout=5) == {"order": 7}
 
 
 def test_recv_times_out_at_its_recorded_deadline(cluster: Cluster) -> None:
@@ -149,7 +151,7 @@ def test_recv_times_out_at_its_recorded_deadline(cluster: Cluster) -> None:
     cluster.clock.advance(120)
     cluster.sweep()
     cluster.drive()
-    assert handle.result() is None
+    assert handle.result(timeout=5) is None
 
 
 def test_events_are_published_and_awaited(cluster: Cluster) -> None:
@@ -168,6 +170,44 @@ def test_events_are_published_and_awaited(cluster: Cluster) -> None:
     assert cluster.status(watching.workflow_id).status == Status.PENDING
     publisher.options(workflow_id="pub-1").start()
     cluster.drive()
-    assert watching.result() == "built"
+    assert watching.result(timeout=5) == "built"
     assert dur.get_event("pub-1", "stage", timeout=0) == "built"
     assert dur.get_event("pub-1", "never-set", timeout=0) is None
+
+
+def test_a_quarantine_wakes_the_parent_even_if_its_details_are_never_written(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The claim that quarantines also wakes the parent, in its own
+    transaction: a worker lost right after that claim leaves nobody waiting."""
+    dur = cluster.dur
+
+    @dur.step()
+    def kills_its_worker() -> None:
+        raise SimulatedCrash()
+
+    @dur.workflow(max_recovery_attempts=0)
+    def poison() -> None:
+        kills_its_worker()
+
+    @dur.workflow()
+    def parent() -> str:
+        try:
+            poison.start().result()
+        except AwaitedWorkflowMaxRecoveryAttemptsExceededError:
+            return "child quarantined"
+        return "unexpected"
+
+    handle = parent.start()
+    cluster.drive()
+
+    def lost_worker(*args: object, **kwargs: object) -> None:
+        raise SimulatedCrash()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dur.store, "record_quarantine", lost_worker)
+        assert cluster.recover() == ["crashed"]  # quarantined by the claim, then the worker died
+    assert cluster.status(f"{handle.workflow_id}-0").status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED
+    cluster.sweep()  # the parent's wake-up is in the database: the sweeper publishes it
+    cluster.drive()
+    assert handle.result(timeout=5) == "child quarantined"

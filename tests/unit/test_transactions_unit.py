@@ -48,7 +48,7 @@ def test_a_transaction_commits_once_though_the_workflow_is_replayed(cluster: Clu
     handle = place.start("o-1", 10.0)  # type: ignore[attr-defined]
     assert cluster.drive() == ["crashed"]
     cluster.recover()
-    assert handle.result() == 1
+    assert handle.result(timeout=5) == 1
     with cluster.dur.store.db.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM orders")).scalar() == 1
 
@@ -71,7 +71,7 @@ def test_an_application_database_gets_its_outputs_table_by_migration(
     handle = place.start("o-2", 5.0)  # type: ignore[attr-defined]
     cluster.drive()
     cluster.recover()
-    assert handle.result() == 1
+    assert handle.result(timeout=5) == 1
     app = dur.transactions.app_db
     with app.engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM orders")).scalar() == 1
