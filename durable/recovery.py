@@ -27,19 +27,32 @@ def sweep_once(
     expired_leases: bool = True,
 ) -> int:
     """One sweep; returns how many workflows it published. expired_leases=False
-    leaves workflows whose lease expired alone (see Sweeper._loop)."""
-    now = now_ms
+    leaves workflows whose lease expired alone (see Sweeper._loop).
+
+    A publish that fails means the broker is down: the sweep stops
+    publishing, and every workflow it had picked is due again at the next
+    sweep, so each is published within a sweep of the broker's return."""
     timed_out = store.expire_deadlines(
-        now, ser.dumps_error(WorkflowTimeoutError("workflow passed its deadline and was cancelled"))
+        now_ms, ser.dumps_error(WorkflowTimeoutError("workflow passed its deadline and was cancelled"))
     )
     for workflow_id in timed_out:
         logger.warning("workflow %s passed its deadline: cancelled", workflow_id)
-    due = store.due_for_dispatch(now, int(settings.redelivery_seconds * 1000), expired_leases=expired_leases)
+    due = store.due_for_dispatch(
+        now_ms, int(settings.redelivery_seconds * 1000), expired_leases=expired_leases,
+        max_backoff_ms=int(settings.redelivery_max_seconds * 1000),
+    )
+    published = 0
     for row in due:
-        dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
-    if due:
-        logger.info("recovery sweep published %d workflow(s)", len(due))
-    return len(due)
+        if not dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"]):
+            break
+        published += 1
+    if published < len(due):
+        unpublished = [row["workflow_id"] for row in due[published:]]
+        store.dispatch_again_at(unpublished, now_ms)
+        logger.warning("broker unavailable: %d workflow(s) left for the next sweep", len(unpublished))
+    if published:
+        logger.info("recovery sweep published %d workflow(s)", published)
+    return published
 
 
 class Sweeper:

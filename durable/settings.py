@@ -28,6 +28,9 @@ class Settings:
     # An unleased runnable workflow not picked up this long after its message
     # was published gets published again (a lost or flushed broker message).
     redelivery_seconds: float = 10.0
+    # ... and again after as long as it has waited, up to this: a broker
+    # backlog is not flooded with duplicates, a flushed message not forgotten.
+    redelivery_max_seconds: float = 60.0
     max_recovery_attempts: int = 10
     # Sleeps and retry back-offs up to this long wait in the worker; longer
     # ones suspend the workflow and free the worker slot.
