@@ -34,7 +34,11 @@ from tests.harness import Worker, child_pids, wait_for  # noqa: E402
 from tests.servers import Postgres, Redis  # noqa: E402
 
 PY = sys.executable
-SYSTEMS = ("durable", "celery", "dbos", "durable-threads")
+SYSTEMS = ("durable", "celery", "celery-careful", "dbos", "durable-threads")
+# celery: a chain with Celery's defaults (every task's result stored in the
+# backend); celery-careful: what a careful user writes, intermediate results
+# not stored (ignore_result on every task but the last).
+CELERY_SYSTEMS = ("celery", "celery-careful")
 DURABLE_SYSTEMS = ("durable", "durable-threads")
 # durable-threads: 2 worker processes on Celery's threads pool, like DBOS's
 # threads in 2 processes; 4 threads each (8 measured slower here).
@@ -238,7 +242,7 @@ class Bench:
         if system == "durable":
             w = QuietWorker(env, self.logs / f"durable-{uuid.uuid4().hex[:6]}.log", "workers.app")
             w.start(wait_ready=wait)
-        elif system == "celery":
+        elif system in CELERY_SYSTEMS:
             w = QuietWorker(env, self.logs / f"celery-{uuid.uuid4().hex[:6]}.log", "benchmarks.celery_app")
             w.start(wait_ready=wait)
         elif system == "durable-threads":
@@ -291,14 +295,17 @@ class Bench:
                 self.client.enqueue("bench." + name, args=args, workflow_id=wid)
                 kind = "client_enqueue"
             handle = wid
-        elif system == "celery":
+        elif system in CELERY_SYSTEMS:
             from celery import chain
             from benchmarks.celery_app import noop, blocker
 
             if name == "steps":
-                handle = chain(*[noop.si(k) for k in range(args[0])]).apply_async()
+                tasks = [noop.si(k) for k in range(args[0])]
             else:  # recover
-                handle = chain(noop.si(0), blocker.si(args[0]), noop.si(1)).apply_async()
+                tasks = [noop.si(0), blocker.si(args[0]), noop.si(1)]
+            if system == "celery-careful":
+                tasks = [t.set(ignore_result=True) for t in tasks[:-1]] + tasks[-1:]
+            handle = chain(*tasks).apply_async()
             kind = "apply_async"
         else:
             handle = self.dbos_client().enqueue(
@@ -332,7 +339,7 @@ class Bench:
         t0 = time.time()
         for i in range(count):
             handles.append(self.enqueue(system, "steps", [n_steps], f"{prefix}{i}", latencies, i))
-        if system == "celery":
+        if system in CELERY_SYSTEMS:
             end = t0
             for h in handles:
                 h.get(timeout=timeout, interval=0.01)
@@ -373,7 +380,7 @@ class Bench:
         """One workflow of n no-op steps alone: execution time / n."""
         wid = f"ps-{tag}"
         h = self.enqueue(system, "steps", [n], wid)
-        if system == "celery":
+        if system in CELERY_SYSTEMS:
             t0 = time.time()
             h.get(timeout=300, interval=0.005)
             return (time.time() - t0) * 1e6 / n
@@ -397,7 +404,7 @@ class Bench:
             order = list(self.systems) if r % 2 == 0 else list(reversed(self.systems))
             for system in order:
                 log(f"round {r + 1}/{rounds}: {system}")
-                if system == "celery":
+                if system in CELERY_SYSTEMS:
                     self.flush_celery()
                 w = self.start_workers(system)
                 try:
@@ -435,7 +442,7 @@ class Bench:
         'worker': SIGKILL the whole worker (process group) and start a fresh
         one at once. Returns seconds from the kill to the step restarting,
         or None if it did not within `cap`."""
-        if system == "celery":
+        if system in CELERY_SYSTEMS:
             self.flush_celery()
         w = self.start_workers(system)
         try:
@@ -483,7 +490,7 @@ class Bench:
         caps = {"child": 30.0, "worker": 12.0 if self.quick else 25.0}
         for r in range(reps):
             for system, mode in (cases if r % 2 == 0 else list(reversed(cases))):
-                if (system == "celery" and mode == "worker" and r > 0) or (mode == "worker" and r >= (1 if self.quick else 3)):
+                if (system in CELERY_SYSTEMS and mode == "worker" and r > 0) or (mode == "worker" and r >= (1 if self.quick else 3)):
                     continue  # deterministic: Redis redelivers only after visibility_timeout (1 h)
                 tag = f"{system}-{mode}-{r}"
                 secs = self.recovery_trial(system, mode, tag, caps[mode])
@@ -582,7 +589,7 @@ class Bench:
             # ratios per round (same round = same machine load), then the median
             rounds = sorted({r["round"] for r in tp})
             for ours in DURABLE_SYSTEMS:
-                for other in ("celery", "dbos"):
+                for other in ("celery", "celery-careful", "dbos"):
                     pairs = []
                     for rd in rounds:
                         a = [r for r in tp if r["round"] == rd and r["system"] == ours]
@@ -642,7 +649,7 @@ class Bench:
             lines.append(f"pg round trip (median of per-round medians): INSERT autocommit {pg['pg_insert_autocommit_us']:.0f} us, "
                          f"BEGIN+INSERT+COMMIT {pg['pg_begin_insert_commit_us']:.0f} us")
             for ours in DURABLE_SYSTEMS:
-                for other in ("celery", "dbos"):
+                for other in ("celery", "celery-careful", "dbos"):
                     if f"{ours}_vs_{other}" in t:
                         lines.append(f"{ours} / {other} throughput (median of per-round ratios): "
                                      f"{t[f'{ours}_vs_{other}']:.2f}x")
