@@ -89,7 +89,9 @@ class BoundStart(Generic[R]):
         )
         if execution is not None:
             return WorkflowHandle(execution.start_child(row, self.workflow.name), durable)
-        workflow_id = start_workflow(durable.store, durable.dispatcher, row, self.opts.on_duplicate)
+        workflow_id = start_workflow(
+            durable.store, durable.dispatcher, row, self.opts.on_duplicate, durable.clock
+        )
         return WorkflowHandle(workflow_id, durable)
 
 

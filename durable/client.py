@@ -316,7 +316,9 @@ class DurableClient(Management):
             dedup_key=dedup_key, priority=priority, timeout_seconds=timeout,
             max_recovery_attempts=max_recovery_attempts, clock=self.clock,
         )
-        return WorkflowHandle(start_workflow(self.store, self.dispatcher, row, on_duplicate), self)
+        return WorkflowHandle(
+            start_workflow(self.store, self.dispatcher, row, on_duplicate, self.clock), self
+        )
 
 
 def _to_ms(value: Any) -> int | None:

@@ -26,6 +26,8 @@ logger = logging.getLogger("durable.database")
 T = TypeVar("T")
 
 VERSION_TABLE = "durable_alembic_version"
+# A server that does not answer is "unavailable" after this, not a hang.
+_POSTGRES_CONNECT_ARGS = {"connect_timeout": 10}
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -101,6 +103,7 @@ class Database:
                     self._autocommit_engine = create_engine(
                         self.url, echo=self.echo, pool_size=5, max_overflow=10,
                         pool_recycle=3600, isolation_level="AUTOCOMMIT",
+                        connect_args=_POSTGRES_CONNECT_ARGS,
                     )
         return self._autocommit_engine
 
@@ -115,7 +118,8 @@ class Database:
             _tune_sqlite(engine)
             return engine
         return create_engine(
-            self.url, echo=self.echo, pool_size=5, max_overflow=10, pool_recycle=3600
+            self.url, echo=self.echo, pool_size=5, max_overflow=10, pool_recycle=3600,
+            connect_args=_POSTGRES_CONNECT_ARGS,
         )
 
     @contextmanager
@@ -238,10 +242,11 @@ class Database:
     @contextmanager
     def _migration_lock(self) -> Iterator[Connection]:
         if self.is_sqlite:
+            engine = self.engine  # creates the file's folder: a fresh DURABLE_HOME has none
             lock_path = self.url.split("///", 1)[-1] + f".{self.history.version_table}.lock"
             with open(lock_path, "w") as lock_file:
                 fcntl.flock(lock_file, fcntl.LOCK_EX)
-                with self.engine.connect() as conn:
+                with engine.connect() as conn:
                     yield conn
             return
         with self.engine.connect() as conn:

@@ -13,7 +13,9 @@
     ├── AwaitedWorkflowCancelledError
     ├── AwaitedWorkflowMaxRecoveryAttemptsExceededError
     ├── WorkflowTimeoutError
-    └── WorkflowCancelledError
+    ├── WorkflowCancelledError
+    ├── NotInWorkflowError
+    └── DatabaseUnavailableError
 
 The engine unwinds a cancelled or suspended workflow with private
 BaseException signals (see `durable.engine`), so user code that catches
@@ -137,6 +139,11 @@ class NotInWorkflowError(DurableError):
     elsewhere, or a module-level helper cannot tell which app to use."""
 
 
+class DatabaseUnavailableError(DurableError):
+    """The system database could not be reached in time (down, restarting,
+    out of connections); nothing was written."""
+
+
 __all__ = [
     "DurableError",
     "WorkflowNotFoundError",
@@ -153,4 +160,5 @@ __all__ = [
     "WorkflowTimeoutError",
     "WorkflowCancelledError",
     "NotInWorkflowError",
+    "DatabaseUnavailableError",
 ]

@@ -17,7 +17,7 @@ import json
 import sys
 import traceback as tb
 import uuid
-from typing import Any
+from typing import Any, Callable
 
 from .errors import SerializationError
 
@@ -196,8 +196,8 @@ def error_to_dict(exc: BaseException) -> dict[str, Any]:
     """Type, message and traceback, plus the constructor arguments when they are JSON-able."""
     record: dict[str, Any] = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(tb.format_exception(type(exc), exc, exc.__traceback__)),
+        "message": _safe_text(exc, str),
+        "traceback": _safe_text(exc, lambda e: "".join(tb.format_exception(type(e), e, e.__traceback__))),
     }
     try:
         reduced = exc.__reduce__()
@@ -207,6 +207,15 @@ def error_to_dict(exc: BaseException) -> dict[str, Any]:
     except Exception:
         record.pop("args", None)
     return record
+
+
+def _safe_text(exc: BaseException, render: Callable[[BaseException], str]) -> str:
+    """User exceptions may fail to render (a __str__ that raises): an error
+    must still be recorded, or its workflow would stay PENDING."""
+    try:
+        return render(exc)
+    except Exception as failure:  # noqa: BLE001 - any failure to render
+        return f"<{type(exc).__qualname__}: could not be rendered: {type(failure).__qualname__}>"
 
 
 def dumps_error(exc: BaseException) -> str:

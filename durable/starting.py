@@ -11,13 +11,17 @@ from typing import Any, Sequence
 
 from . import serialization as ser
 from .clock import SYSTEM_CLOCK, Clock
+from .database import retry_while_unavailable
+from .db_errors import is_transient
 from .dispatch import Dispatcher
-from .errors import DuplicateWorkflowError
+from .errors import DatabaseUnavailableError, DuplicateWorkflowError
 from .records import Status
 from .settings import Settings
 from .store import DedupConflict, Store
 
 MAX_NAME_LENGTH = 255
+# How long a start waits out a database restart before it gives up and says so.
+START_WAIT_SECONDS = 5.0
 
 
 def check_name(value: Any, what: str, optional: bool = False) -> None:
@@ -90,17 +94,27 @@ def new_workflow_row(
 
 
 def start_workflow(
-    store: Store, dispatcher: Dispatcher, row: dict[str, Any], on_duplicate: str = "raise"
+    store: Store, dispatcher: Dispatcher, row: dict[str, Any], on_duplicate: str = "raise",
+    clock: Clock = SYSTEM_CLOCK,
 ) -> str:
     """Insert the row and publish it; returns the workflow's ID (an existing
     workflow's, when the ID or, with "return_existing", the dedup key was
     taken)."""
     try:
-        result = store.insert_workflow(row)
+        result = retry_while_unavailable(
+            lambda: store.insert_workflow(row), "starting a workflow",
+            give_up_after_seconds=START_WAIT_SECONDS, clock=clock,
+        )
     except DedupConflict as conflict:
         if on_duplicate == "return_existing" and conflict.holder_workflow_id:
             return conflict.holder_workflow_id
         raise DuplicateWorkflowError(row["dedup_key"], row["queue"], conflict.holder_workflow_id) from None
+    except Exception as exc:
+        if is_transient(exc):
+            raise DatabaseUnavailableError(
+                f"could not start workflow {row['name']!r}: the database is unavailable ({exc})"
+            ) from exc
+        raise
     if result.created:
         dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
     return str(row["workflow_id"])
