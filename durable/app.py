@@ -22,7 +22,7 @@ from .messaging import Messaging
 from .retry import RetryPolicy
 from .runner import Runner
 from .settings import Settings
-from .starting import StartOptions, new_workflow_row, start_workflow
+from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import Store
 from .transactions import Transactions, check_transaction_signature
 
@@ -192,6 +192,7 @@ class Durable(Management):
             if not callable(f):
                 raise TypeError(f"@workflow needs a function, got {f!r}")
             wf_name = name or f.__qualname__
+            check_name(wf_name, "workflow name")
             defaults = StartOptions(
                 queue=queue, priority=priority, timeout=timeout,
                 max_recovery_attempts=max_recovery_attempts,
@@ -251,6 +252,7 @@ class Durable(Management):
         def register(f: Callable[..., Any]) -> StepFunction:
             if not callable(f):
                 raise TypeError(f"@step needs a function, got {f!r}")
+            check_name(name or f.__qualname__, "step name")
             return StepFunction(f, name or f.__qualname__, policy)
 
         return register(fn) if fn is not None else register
@@ -291,6 +293,7 @@ class Durable(Management):
 
         def register(f: Callable[..., Any]) -> StepFunction:
             check_transaction_signature(f)
+            check_name(name or f.__qualname__, "step name")
             return StepFunction(
                 f, name or f.__qualname__, policy, transactions=self.transactions, isolation=isolation
             )

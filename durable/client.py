@@ -258,7 +258,7 @@ class Management:
             return
         sender = current_execution()
         mailbox.send(
-            self.store, self.dispatcher, workflow_id, message, topic, idempotency_key,
+            self.store, self.dispatcher, self.settings, workflow_id, message, topic, idempotency_key,
             sender_workflow_id=sender.workflow_id if sender else None, clock=self.clock,
         )
 

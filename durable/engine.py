@@ -46,6 +46,7 @@ from .errors import (
 from .records import Status, StepStatus
 from .retry import RetryPolicy
 from .settings import Settings
+from .starting import check_payload_size, derived_child_id
 from .store import Claim, Store, crash_text
 from .timeouts import call_with_timeout
 
@@ -314,6 +315,7 @@ class Execution:
                     else:
                         result = call_with_timeout(step.fn, args, kwargs, policy.timeout_seconds)
                         output = ser.dumps(result)
+                        check_payload_size(output, self.settings, f"the result of step {step.name!r}")
             except Exception as exc:
                 attempts += 1
                 errors.append(self._attempt_error(exc, attempts))
@@ -396,7 +398,7 @@ class Execution:
         if position.row is not None:
             return str(position.row["child_workflow_id"])
         if not child_row.get("workflow_id"):
-            child_row["workflow_id"] = f"{self.workflow_id}-{position.step_id}"
+            child_row["workflow_id"] = derived_child_id(self.workflow_id, position.step_id)
         child_row["parent_workflow_id"] = self.workflow_id
         child_id = child_row["workflow_id"]
         values = self.outcome(

@@ -33,7 +33,7 @@ def send(workflow_id: str, message: Any, topic: str | None = None) -> None:
     if step_execution is not None:
         ex = step_execution
         mailbox.send(
-            ex.store, ex.dispatcher, workflow_id, message, topic,
+            ex.store, ex.dispatcher, ex.settings, workflow_id, message, topic,
             sender_workflow_id=ex.workflow_id, clock=ex.clock,
         )
         return

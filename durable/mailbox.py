@@ -15,7 +15,8 @@ from .database import retry_while_unavailable
 from .dispatch import Dispatcher
 from .errors import WorkflowNotFoundError
 from .retry import Backoff
-from .starting import check_name
+from .settings import Settings
+from .starting import check_name, check_payload_size
 from .store import Doorbell, Store
 
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -24,6 +25,7 @@ DEFAULT_TIMEOUT_SECONDS = 60.0
 def send(
     store: Store,
     dispatcher: Dispatcher,
+    settings: Settings,
     workflow_id: str,
     message: Any,
     topic: str | None = None,
@@ -37,6 +39,7 @@ def send(
     check_name(topic, "topic", optional=True)
     check_name(idempotency_key, "idempotency_key", optional=True)
     payload = ser.dumps(message)  # SerializationError before anything is written
+    check_payload_size(payload, settings, "a message")
     message_id = (
         f"key:{workflow_id}:{idempotency_key}" if idempotency_key is not None
         else f"client:{uuid.uuid4().hex}"

@@ -32,7 +32,7 @@ from .errors import NotInWorkflowError, WorkflowNotFoundError
 from .mailbox import check_timeout, ring
 from .records import StepStatus
 from .retry import Backoff
-from .starting import check_name
+from .starting import check_name, check_payload_size
 
 __all__ = ["Messaging", "NotInWorkflowError"]
 
@@ -76,6 +76,7 @@ def send(ex: Execution, workflow_id: str, message: Any, topic: str | None) -> No
         ex.replay(position.row or {})  # raises a recorded error
         return
     payload = ser.dumps(message)  # SerializationError: nothing written, nothing recorded
+    check_payload_size(payload, ex.settings, "a message")
     message_id = f"wf:{ex.workflow_id}:{position.step_id}"
     checkpoint = ex.outcome(
         position, StepStatus.SUCCESS,

@@ -4,6 +4,7 @@ pauses from."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -24,14 +25,15 @@ class RetryPolicy:
     random_fraction: Callable[[], float] = field(default=random.random, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.retries, int) or self.retries < 0:
+        if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
             raise ValueError(f"retries must be an integer >= 0, got {self.retries!r}")
-        if self.interval_seconds < 0 or self.max_interval_seconds < 0:
-            raise ValueError("interval and max_interval must be >= 0")
-        if self.backoff < 1.0:
-            raise ValueError(f"backoff must be >= 1.0, got {self.backoff!r}")
-        if self.timeout_seconds is not None and self.timeout_seconds <= 0:
-            raise ValueError(f"timeout must be > 0, got {self.timeout_seconds!r}")
+        for what, value in (("interval", self.interval_seconds), ("max_interval", self.max_interval_seconds)):
+            if not _finite(value) or value < 0:
+                raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value!r}")
+        if not _finite(self.backoff) or self.backoff < 1.0:
+            raise ValueError(f"backoff must be a finite number >= 1.0, got {self.backoff!r}")
+        if self.timeout_seconds is not None and (not _finite(self.timeout_seconds) or self.timeout_seconds <= 0):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {self.timeout_seconds!r}")
 
     @property
     def max_attempts(self) -> int:
@@ -52,6 +54,10 @@ class RetryPolicy:
             self.max_interval_seconds,
             self.random_fraction() if self.jitter else None,
         )
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def backoff_delay_seconds(

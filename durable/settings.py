@@ -35,6 +35,9 @@ class Settings:
     # Sleeps and retry back-offs up to this long wait in the worker; longer
     # ones suspend the workflow and free the worker slot.
     inline_wait_max_seconds: float = 2.0
+    # A workflow's inputs, a step's output or a message larger than this is
+    # refused with SerializationError: rows stay small enough to list and load.
+    max_payload_bytes: int = 8 * 1024 * 1024
     app_version: str = ""
     imports: tuple[str, ...] = field(default_factory=tuple)
     sql_echo: bool = False
@@ -54,6 +57,8 @@ class Settings:
     def validated(self) -> "Settings":
         if self.lease_seconds <= 0 or self.sweep_interval_seconds <= 0:
             raise ValueError("lease_seconds and sweep_interval_seconds must be > 0")
+        if self.max_payload_bytes <= 0:
+            raise ValueError("max_payload_bytes must be > 0")
         if self.max_recovery_attempts < 0:
             raise ValueError("max_recovery_attempts must be >= 0")
         return self

@@ -5,6 +5,8 @@ parent)."""
 
 from __future__ import annotations
 
+import hashlib
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -14,7 +16,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .database import retry_while_unavailable
 from .db_errors import is_transient
 from .dispatch import Dispatcher
-from .errors import DatabaseUnavailableError, DuplicateWorkflowError
+from .errors import DatabaseUnavailableError, DuplicateWorkflowError, SerializationError
 from .records import Status
 from .settings import Settings
 from .store import DedupConflict, Store
@@ -25,13 +27,39 @@ START_WAIT_SECONDS = 5.0
 
 
 def check_name(value: Any, what: str, optional: bool = False) -> None:
-    """IDs, keys and topics: non-empty strings that fit their column."""
+    """IDs, names, keys, queues and topics: non-empty printable strings that
+    fit their column (a NUL or a newline would break logs, URLs and
+    Postgres text)."""
     if value is None and optional:
         return
     if not isinstance(value, str) or not value or len(value) > MAX_NAME_LENGTH:
         raise ValueError(
             f"{what} must be a non-empty string of at most {MAX_NAME_LENGTH} characters, got {value!r}"
         )
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError(f"{what} must not contain control characters (NUL, newline, ...), got {value!r}")
+
+
+def check_arguments(args: Any, kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """A workflow's arguments: a list or tuple (a string is not split into
+    characters) and a dict keyed by parameter names."""
+    if isinstance(args, (str, bytes)) or not isinstance(args, (list, tuple)):
+        raise TypeError(f"args must be a list or tuple of arguments, got {type(args).__name__}: {args!r:.80}")
+    if kwargs is None:
+        kwargs = {}
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise TypeError(f"kwargs must be a dict with string keys, got {kwargs!r:.80}")
+    return tuple(args), dict(kwargs)
+
+
+def derived_child_id(parent_id: str, step_id: int) -> str:
+    """A child's ID, from its parent's and its position: the same on every
+    replay, and never longer than a workflow ID may be."""
+    child_id = f"{parent_id}-{step_id}"
+    if len(child_id) <= MAX_NAME_LENGTH:
+        return child_id
+    digest = hashlib.sha256(parent_id.encode()).hexdigest()[:16]
+    return f"{parent_id[: MAX_NAME_LENGTH - len(digest) - len(str(step_id)) - 2]}-{digest}-{step_id}"
 
 
 @dataclass(frozen=True)
@@ -47,10 +75,14 @@ class StartOptions:
     def __post_init__(self) -> None:
         check_name(self.workflow_id, "workflow_id", optional=True)
         check_name(self.dedup_key, "dedup_key", optional=True)
+        check_name(self.queue, "queue", optional=True)
         if not isinstance(self.priority, int) or not 0 <= self.priority <= 9:
             raise ValueError(f"priority must be an integer from 0 to 9, got {self.priority!r}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ValueError(f"timeout must be > 0 seconds, got {self.timeout!r}")
+        if self.timeout is not None and (
+            isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float))
+            or not math.isfinite(self.timeout) or not self.timeout > 0
+        ):
+            raise ValueError(f"timeout must be a finite number of seconds > 0, got {self.timeout!r}")
         if self.on_duplicate not in ("raise", "return_existing"):
             raise ValueError(f"on_duplicate must be 'raise' or 'return_existing', got {self.on_duplicate!r}")
         if self.max_recovery_attempts is not None and self.max_recovery_attempts < 0:
@@ -70,9 +102,11 @@ def new_workflow_row(
     max_recovery_attempts: int | None = None,
     clock: Clock = SYSTEM_CLOCK,
 ) -> dict[str, Any]:
-    """The row a new workflow starts as. Serializes the inputs first, so bad
-    input fails here with SerializationError before anything is written."""
-    inputs = ser.dumps_inputs(tuple(args), dict(kwargs))
+    """The row a new workflow starts as. Checks and serializes the inputs
+    first, so bad input fails here before anything is written."""
+    args, kwargs = check_arguments(args, kwargs)
+    inputs = ser.dumps_inputs(args, kwargs)
+    check_payload_size(inputs, settings, f"the inputs of workflow {name!r}")
     now = clock.now_ms()
     return dict(
         workflow_id=str(uuid.uuid4()) if workflow_id is None else workflow_id,
@@ -91,6 +125,15 @@ def new_workflow_row(
         created_at_ms=now,
         updated_at_ms=now,
     )
+
+
+def check_payload_size(text: str, settings: Settings, what: str) -> None:
+    size = len(text.encode())
+    if size > settings.max_payload_bytes:
+        raise SerializationError(
+            f"{what} take {size} bytes once serialized, over the limit of {settings.max_payload_bytes} "
+            "(DURABLE_MAX_PAYLOAD_BYTES): store large data elsewhere and pass a reference"
+        )
 
 
 def start_workflow(
