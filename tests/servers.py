@@ -18,6 +18,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 
 def free_port() -> int:
@@ -42,17 +43,105 @@ def _postgres_user() -> str | None:
     return "postgres" if os.geteuid() == 0 else None
 
 
-def _wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen, what: str) -> None:
+class PortTaken(RuntimeError):
+    """The server could not listen: its port was taken between our choice
+    and its bind (another server, or a client's ephemeral port)."""
+
+
+# how a server says its port is taken, in its log
+_PORT_TAKEN = ("address already in use", "could not create any tcp/ip sockets")
+
+
+def _log_says_port_taken(log_path: Path, offset: int) -> bool:
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace").lower()
+    except OSError:
+        return False
+    return any(s in text for s in _PORT_TAKEN)
+
+
+def _exited(proc: subprocess.Popen, what: str, log_path: Path, offset: int) -> RuntimeError:
+    if _log_says_port_taken(log_path, offset):
+        return PortTaken(f"{what} could not bind its port (exit code {proc.returncode})")
+    return RuntimeError(f"{what} exited with code {proc.returncode} while starting (log: {log_path})")
+
+
+def _wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen, what: str,
+                   log_path: Path, offset: int) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting")
+            raise _exited(proc, what, log_path, offset)
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.5):
                 return
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s}s")
+
+
+def _start_with_retries(server: "Postgres | Redis", launch: Callable[[], None], what: str) -> None:
+    """Launches the server; when its port was taken meanwhile, tries again:
+    on a fresh port before anyone was told this one, on the same port (a
+    restart: clients know it) once whatever held it let go."""
+    attempts = 8
+    for attempt in range(attempts):
+        try:
+            launch()
+            server.started_once = True
+            return
+        except PortTaken:
+            server.stop_quietly()
+            if attempt == attempts - 1:
+                raise
+            if server.started_once:
+                time.sleep(0.5)
+            else:
+                server.port = free_port()
+
+
+def _stop_quietly(proc: subprocess.Popen | None, sig: int = signal.SIGKILL) -> None:
+    if proc is not None and proc.poll() is None:
+        _stop_pid(proc.pid, sig, proc)
+
+
+def _redis_pid(port: int) -> int | None:
+    """The process ID the Redis server on this port reports, or None."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
+            conn.settimeout(2)
+            conn.sendall(b"INFO server\r\n")
+            reply = b""
+            while b"\r\n" not in reply:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None
+                reply += chunk
+            header, _, body = reply.partition(b"\r\n")
+            if not header.startswith(b"$"):
+                return None  # an error (-LOADING ...) or not Redis
+            size = int(header[1:])
+            while len(body) < size:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return None
+                body += chunk
+    except (OSError, ValueError):
+        return None
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("process_id:"):
+            return int(line.split(":", 1)[1])
+    return None
+
+
+# Settings for a server whose data is thrown away when the tests end: no
+# flush to disk at commit or checkpoint (a CREATE DATABASE, one per test,
+# costs a few milliseconds instead of a quarter of a second). What a
+# committed transaction makes visible is the same; only an operating-system
+# crash could lose it. Not for benchmarks, nor for servers the tests crash.
+THROWAWAY = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
 
 
 @dataclass
@@ -60,6 +149,9 @@ class Postgres:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    started_once: bool = False  # clients may know the port: a restart keeps it
+    # extra server settings (-c name=value), e.g. THROWAWAY
+    settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def data(self) -> Path:
@@ -82,32 +174,48 @@ class Postgres:
     def start(self) -> "Postgres":
         if not self.data.exists():
             self.init()
-        log = open(self.directory / "postgres.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                _pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
-                "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
-                "-c", "max_connections=300", "-c", "shared_buffers=128MB",
-            ],
-            stdout=log, stderr=log, start_new_session=True, user=_postgres_user(),
-            cwd=str(self.directory),
-        )
-        _wait_for_port(self.port, 30, self.proc, "postgres")
-        self._wait_ready()
+        _start_with_retries(self, self._launch, "postgres")
         return self
 
-    def _wait_ready(self) -> None:
+    def _launch(self) -> None:
+        log_path = self.directory / "postgres.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    _pg_bin("postgres"), "-D", str(self.data), "-p", str(self.port),
+                    "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.directory}",
+                    "-c", "max_connections=300", "-c", "shared_buffers=128MB",
+                    *[arg for name, value in self.settings.items() for arg in ("-c", f"{name}={value}")],
+                ],
+                stdout=log, stderr=log, start_new_session=True, user=_postgres_user(),
+                cwd=str(self.directory),
+            )
+        _wait_for_port(self.port, 30, self.proc, "postgres", log_path, offset)
+        self._wait_ready(log_path, offset)
+
+    def _wait_ready(self, log_path: Path, offset: int) -> None:
+        """Until this server (not another one that took the port) answers."""
+        assert self.proc is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             done = subprocess.run(
                 [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "durable",
-                 "-d", "postgres", "-tAc", "SELECT 1"],
-                capture_output=True,
+                 "-d", "postgres", "-tAc", "SHOW data_directory"],
+                capture_output=True, text=True,
             )
+            if self.proc.poll() is not None:
+                raise _exited(self.proc, "postgres", log_path, offset)
             if done.returncode == 0:
+                if Path(done.stdout.strip()).resolve() != self.data.resolve():
+                    raise PortTaken(f"another postgres answers on port {self.port}")
                 return
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise RuntimeError("postgres did not accept connections")
+
+    def stop_quietly(self) -> None:
+        _stop_quietly(self.proc, signal.SIGQUIT)
+        self.proc = None
 
     def create_database(self, name: str) -> str:
         exists = subprocess.run(
@@ -137,6 +245,7 @@ class Redis:
     directory: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    started_once: bool = False
 
     @property
     def url(self) -> str:
@@ -144,14 +253,39 @@ class Redis:
 
     def start(self, persist: bool = False) -> "Redis":
         self.directory.mkdir(parents=True, exist_ok=True)
+        _start_with_retries(self, lambda: self._launch(persist), "redis-server")
+        return self
+
+    def _launch(self, persist: bool) -> None:
         server = shutil.which("redis-server") or "/usr/bin/redis-server"
         args = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
                 "--daemonize", "no", "--protected-mode", "yes"]
         args += ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--save", "", "--appendonly", "no"]
-        log = open(self.directory / "redis.log", "ab")
-        self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
-        _wait_for_port(self.port, 15, self.proc, "redis-server")
-        return self
+        log_path = self.directory / "redis.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True)
+        _wait_for_port(self.port, 15, self.proc, "redis-server", log_path, offset)
+        self._check_own(log_path, offset)
+
+    def _check_own(self, log_path: Path, offset: int) -> None:
+        """The server listening on the port is this process, not another that took it."""
+        assert self.proc is not None
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            pid = _redis_pid(self.port)
+            if self.proc.poll() is not None:
+                raise _exited(self.proc, "redis-server", log_path, offset)
+            if pid is not None:
+                if pid != self.proc.pid:
+                    raise PortTaken(f"another redis-server answers on port {self.port}")
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"redis-server on port {self.port} did not answer INFO")
+
+    def stop_quietly(self) -> None:
+        _stop_quietly(self.proc)
+        self.proc = None
 
     def stop(self, hard: bool = False) -> None:
         if self.proc is None:
