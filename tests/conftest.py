@@ -19,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from durable import DurableClient
 from tests.harness import FAST_RECOVERY, Backend, Worker
-from tests.servers import Postgres, Redis
+from tests.servers import THROWAWAY, Postgres, Redis
 
 Server = TypeVar("Server", Postgres, Redis)
 
@@ -47,7 +47,7 @@ def _own_server(server: Server, running_one: str) -> Iterator[Server | None]:
 
 @pytest.fixture(scope="session")
 def postgres(scratch_dir: Path) -> Iterator[Postgres | None]:
-    yield from _own_server(Postgres(scratch_dir / "pg"), "DURABLE_TEST_PG_PORT")
+    yield from _own_server(Postgres(scratch_dir / "pg", settings=THROWAWAY), "DURABLE_TEST_PG_PORT")
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +95,26 @@ def backend(request, tmp_path: Path) -> Backend:
     return request.getfixturevalue("pg_backend")
 
 
+def _broker_db() -> int:
+    """The Redis database this pytest process's workers use as their broker.
+    Each pytest-xdist worker (gw0, gw1, ...) starts its own Redis, unless
+    DURABLE_TEST_REDIS_URL names a shared one: then each takes its own
+    database in it, so no worker flushes or consumes another's messages."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    if index > 14:
+        raise RuntimeError(f"xdist worker {worker}: Redis has databases 1-15 only; run fewer workers (-n)")
+    return 1 + index
+
+
 @pytest.fixture
 def pg_backend(request, create_pg_database, redis_url: str, tmp_path: Path) -> Backend:
     """A fresh Postgres database, named after the test module, and an empty
-    Redis database as the broker: tests run one at a time, so that keeps them apart."""
+    Redis database as the broker: tests run one at a time in each pytest
+    process, and each process has its own Redis database, so that keeps them apart."""
     import redis as redis_client
 
-    broker_url = redis_url.rsplit("/", 1)[0] + "/1"
+    broker_url = redis_url.rsplit("/", 1)[0] + f"/{_broker_db()}"
     redis_client.Redis.from_url(broker_url).flushdb()
     suite = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     return Backend("postgres", create_pg_database(suite), broker_url, tmp_path / "home")
@@ -127,7 +140,9 @@ def start_worker(backend: Backend, effects_dir: Path, tmp_path: Path) -> Iterato
 
     yield start
     for worker in started:
-        worker.stop()
+        # SIGKILL: the test is over, and a warm shutdown costs 5-15 s on the
+        # embedded broker (Celery's synchronous loop and pool threads wind down)
+        worker.kill_all()
 
 
 @pytest.fixture

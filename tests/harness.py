@@ -119,12 +119,13 @@ class Worker:
         self.proc.wait(timeout=10)
         self.proc = None
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 15) -> None:
+        """SIGTERM to the process group (a warm shutdown), SIGKILL after timeout_s."""
         if self.proc is None:
             return
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=15)
+            self.proc.wait(timeout=timeout_s)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             self.kill_all()
         self.proc = None

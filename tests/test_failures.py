@@ -85,7 +85,8 @@ def test_retries_interrupted_by_sigkill_resume_the_attempt_count(client, start_w
 @pytest.fixture
 def memory_limit_env(tmp_path: Path):
     """A memory cgroup of 200 MB for the worker's children (the kernel OOM-kills
-    past it); an address-space limit where no cgroup can be made."""
+    past it); an address-space limit where no cgroup can be made. A test asks
+    for it before start_worker, so that the worker is gone when it is removed."""
     base = Path("/sys/fs/cgroup/memory")
     group = base / f"durable-test-{uuid.uuid4().hex[:8]}"
     try:
@@ -103,7 +104,7 @@ def memory_limit_env(tmp_path: Path):
             time.sleep(0.1)
 
 
-def test_memory_exhaustion_recovers_when_the_step_later_succeeds(client, start_worker, effects_dir, memory_limit_env):
+def test_memory_exhaustion_recovers_when_the_step_later_succeeds(client, memory_limit_env, start_worker, effects_dir):
     start_worker(concurrency=1, **memory_limit_env)
     handle = client.enqueue("memory_hog", args=[2000, 1])  # starved once, fed on the first recovery
     assert handle.result(timeout=90) == ["prepared", "fed"]
@@ -116,7 +117,7 @@ def test_memory_exhaustion_recovers_when_the_step_later_succeeds(client, start_w
     assert json.loads(hungry.last_crash)["step"] == "hungry"
 
 
-def test_memory_exhaustion_every_time_is_quarantined(client, start_worker, effects_dir, memory_limit_env):
+def test_memory_exhaustion_every_time_is_quarantined(client, memory_limit_env, start_worker, effects_dir):
     start_worker(concurrency=1, **memory_limit_env)
     handle = client.enqueue("memory_hog", args=[2000, 99])
     with pytest.raises(AwaitedWorkflowMaxRecoveryAttemptsExceededError):

@@ -47,7 +47,7 @@ def worker_factory(backend: Backend, effects_dir: Path, tmp_path: Path):
 
     yield start
     for worker in started:
-        worker.stop()
+        worker.kill_all()  # the test is over: no warm shutdown to wait for
 
 
 def suspended_in(client: DurableClient, workflow_id: str, step_name: str) -> bool:

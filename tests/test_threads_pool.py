@@ -29,7 +29,7 @@ def start_threads_worker(backend, effects_dir, tmp_path):
 
     yield start
     for worker in started:
-        worker.stop()
+        worker.kill_all()  # the test is over: no warm shutdown to wait for
 
 
 def test_concurrent_workflows_in_threads_each_step_once(client, start_threads_worker):
