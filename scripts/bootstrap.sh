@@ -28,10 +28,24 @@ ensure_servers() {
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "Installing ${missing[*]} from Debian packages ..." >&2
         as_root apt-get update -qq >&2
-        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >&2
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
         # the packages start system-wide servers on the default ports; the
         # tests start their own on free loopback ports, so stop those
         as_root service redis-server stop >/dev/null 2>&1 || true
         as_root service postgresql stop >/dev/null 2>&1 || true
     fi
+}
+
+# Both of the above, at once: on a fresh machine the Debian packages and the
+# Python packages download and install side by side. Each runs in its own
+# subshell under `set -e`; both are waited for, and a failure of either fails.
+ensure_venv_and_servers() {
+    local servers venv status=0
+    ensure_servers &
+    servers=$!
+    ensure_venv &
+    venv=$!
+    wait "$venv" || status=$?
+    wait "$servers" || status=$?
+    return "$status"
 }
