@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 from . import serialization as ser
 from .clock import SYSTEM_CLOCK, Clock
 from .dispatch import Dispatcher
 from .errors import WorkflowTimeoutError
+from .local_processes import owner_pid, process_is_gone, this_host
 from .settings import Settings
 from .store import Store
 
@@ -55,6 +57,26 @@ def sweep_once(
     return published
 
 
+def reclaim_local_leases(
+    store: Store, host: str, now_ms: int,
+    is_gone: Callable[[int, int], bool] = process_is_gone,
+) -> list[str]:
+    """Expire at once the leases held by processes of this host that are
+    gone (a worker restarted after a SIGKILL or an OOM kill finds its own
+    dead executions), instead of waiting for them to run out. Leases of
+    other hosts, and of live processes, are left alone."""
+    dead = []
+    for lease in store.live_leases_of_host(host, now_ms):
+        pid = owner_pid(lease["lease_owner"], host)
+        if pid is not None and is_gone(pid, lease["lease_expires_at_ms"]):
+            dead.append(lease)
+    if not dead:
+        return []
+    expired = store.expire_leases(dead, "process gone (found by a worker starting on its host)", now_ms)
+    logger.warning("expired %d lease(s) of dead processes on this host", len(expired))
+    return expired
+
+
 class Sweeper:
     def __init__(
         self, store: Store, dispatcher: Dispatcher, settings: Settings, clock: Clock = SYSTEM_CLOCK
@@ -81,6 +103,11 @@ class Sweeper:
         # for lost ones; a really lost execution is recovered that much later.
         outage = False
         hold_until = 0.0
+        try:
+            if reclaim_local_leases(self.store, this_host(), self.clock.now_ms()):
+                sweep_once(self.store, self.dispatcher, self.settings, self.clock.now_ms())
+        except Exception as exc:  # noqa: BLE001 - the leases expire by themselves anyway
+            logger.warning("could not check this host's leases: %s", exc)
         while not self._stop.wait(self.settings.sweep_interval_seconds):
             try:
                 sweep_once(

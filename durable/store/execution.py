@@ -207,6 +207,39 @@ class ExecutionSql(StoreBase):
                     lost.add(workflow_id)
         return lost
 
+    def live_leases_of_host(self, host: str, now_ms: int) -> list[dict[str, Any]]:
+        """Unexpired leases held by processes of `host` (owners "host:pid")."""
+        with self.db.begin() as conn:
+            rows = conn.execute(
+                select(W.workflow_id, W.lease_owner, W.lease_epoch, W.lease_expires_at_ms).where(
+                    W.status == Status.PENDING.value,
+                    W.lease_owner.startswith(f"{host}:", autoescape=True),
+                    W.lease_expires_at_ms > now_ms,
+                )
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
+    def expire_leases(self, leases: list[dict[str, Any]], death: str, now_ms: int) -> list[str]:
+        """Expire these leases (rows of `live_leases_of_host`) now, each only
+        if the same owner still holds it at the same epoch; returns the
+        workflows whose lease was expired."""
+        expired = []
+        with self.db.begin() as conn:
+            for lease in leases:
+                done = conn.execute(
+                    update(workflows)
+                    .where(
+                        W.workflow_id == lease["workflow_id"],
+                        W.lease_owner == lease["lease_owner"],
+                        W.lease_epoch == lease["lease_epoch"],
+                        W.status == Status.PENDING.value,
+                    )
+                    .values(lease_expires_at_ms=now_ms, last_death=death)
+                ).rowcount
+                if done == 1:
+                    expired.append(lease["workflow_id"])
+        return expired
+
     def expire_lost_lease(self, workflow_id: str, owner: str, death: str, now_ms: int) -> bool:
         """The worker saw the process that held this lease die: let the
         redelivered message claim it at once, and remember how it died."""
