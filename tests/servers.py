@@ -198,12 +198,19 @@ class Postgres:
         """Until this server (not another one that took the port) answers."""
         assert self.proc is not None
         deadline = time.monotonic() + 30
+        # something else on the port may accept the connection and never answer
+        env = dict(os.environ, PGCONNECT_TIMEOUT="3")
         while time.monotonic() < deadline:
-            done = subprocess.run(
-                [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "durable",
-                 "-d", "postgres", "-tAc", "SHOW data_directory"],
-                capture_output=True, text=True,
-            )
+            if self.proc.poll() is not None:
+                raise _exited(self.proc, "postgres", log_path, offset)
+            try:
+                done = subprocess.run(
+                    [_pg_bin("psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "durable",
+                     "-d", "postgres", "-tAc", "SHOW data_directory"],
+                    capture_output=True, text=True, env=env, timeout=10,
+                )
+            except subprocess.TimeoutExpired:
+                continue
             if self.proc.poll() is not None:
                 raise _exited(self.proc, "postgres", log_path, offset)
             if done.returncode == 0:
