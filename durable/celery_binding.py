@@ -19,6 +19,7 @@ from celery.worker.request import Request
 
 from .db_errors import is_transient
 from .dispatch import RUN_TASK, process_owner
+from .fork_guard import no_fork_meanwhile
 from .pool_watch import PoolWatch
 from .recovery import Sweeper
 from .runner import Runner
@@ -62,9 +63,10 @@ class DurableRequest(Request):  # type: ignore[misc]  # celery is untyped
         if isinstance(exc, WorkerLostError) and self.worker_pid and self.args:
             runner = _runner_of(self.task.app)
             try:
-                runner.store.expire_lost_lease(
-                    str(self.args[0]), process_owner(self.worker_pid), str(exc), runner.clock.now_ms(),
-                )
+                with no_fork_meanwhile():  # the pool forks this child's replacement now
+                    runner.store.expire_lost_lease(
+                        str(self.args[0]), process_owner(self.worker_pid), str(exc), runner.clock.now_ms(),
+                    )
             except Exception:  # noqa: BLE001 - the lease expires by itself anyway
                 logger.exception("could not record the loss of workflow %s", self.args[0])
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
@@ -98,7 +100,8 @@ class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]
     def __init__(self, worker: Any, **kwargs: Any):
         super().__init__(worker, **kwargs)
         try:
-            _runner_of(worker.app).store.db.ensure_schema()
+            with no_fork_meanwhile():
+                _runner_of(worker.app).store.db.ensure_schema()
         except Exception as exc:  # noqa: BLE001 - children migrate when it is back
             if not is_transient(exc):
                 raise

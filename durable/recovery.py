@@ -17,6 +17,7 @@ from . import serialization as ser
 from .clock import SYSTEM_CLOCK, Clock
 from .dispatch import Dispatcher
 from .errors import WorkflowTimeoutError
+from .fork_guard import no_fork_meanwhile
 from .local_processes import owner_pid, process_is_gone, this_host
 from .settings import Settings
 from .store import Store
@@ -104,16 +105,18 @@ class Sweeper:
         outage = False
         hold_until = 0.0
         try:
-            if reclaim_local_leases(self.store, this_host(), self.clock.now_ms()):
-                sweep_once(self.store, self.dispatcher, self.settings, self.clock.now_ms())
+            with no_fork_meanwhile():
+                if reclaim_local_leases(self.store, this_host(), self.clock.now_ms()):
+                    sweep_once(self.store, self.dispatcher, self.settings, self.clock.now_ms())
         except Exception as exc:  # noqa: BLE001 - the leases expire by themselves anyway
             logger.warning("could not check this host's leases: %s", exc)
         while not self._stop.wait(self.settings.sweep_interval_seconds):
             try:
-                sweep_once(
-                    self.store, self.dispatcher, self.settings, self.clock.now_ms(),
-                    expired_leases=self.clock.monotonic() >= hold_until,
-                )
+                with no_fork_meanwhile():
+                    sweep_once(
+                        self.store, self.dispatcher, self.settings, self.clock.now_ms(),
+                        expired_leases=self.clock.monotonic() >= hold_until,
+                    )
                 if outage:
                     outage = False
                     hold_until = self.clock.monotonic() + self.settings.lease_seconds

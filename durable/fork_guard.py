@@ -1,0 +1,47 @@
+"""No fork while a thread of this process is inside the database driver.
+
+SQLite keeps process-wide mutexes (its allocator's, its file-lock
+table's). A prefork pool forks a replacement child from the worker's main
+process at the moment a child dies, which is also when the main thread
+records that death in the database and while the sweeper thread sweeps:
+a fork in the middle of one of those calls hands the new child a mutex
+held by a thread it does not have, and its first database call hangs
+forever (the child never runs a task; its workflows wait for nobody).
+
+The worker's main process runs its database calls inside
+`no_fork_meanwhile()`; a fork waits for them to finish. Pool children,
+which fork nothing, need not.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+_guard = threading.RLock()
+
+
+@contextmanager
+def no_fork_meanwhile() -> Iterator[None]:
+    with _guard:
+        yield
+
+
+def _before_fork() -> None:
+    _guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _guard.release()
+
+
+def _after_fork_in_child() -> None:
+    global _guard
+    _guard = threading.RLock()  # the child has only the thread that forked
+
+
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
