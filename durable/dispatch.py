@@ -16,6 +16,7 @@ from typing import Protocol
 
 from celery import Celery
 
+from .embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 from .records import Status
 from .settings import Settings
 from .store import Store
@@ -78,6 +79,8 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
     if broker.startswith("filesystem://") or (not broker and settings.is_embedded_broker):
         if not broker:
             app.conf.broker_url = settings.resolved_broker_url
+        if not app.conf.broker_transport:
+            app.conf.broker_transport = EMBEDDED_TRANSPORT  # messages written whole
         options = dict(settings.broker_transport_options())
         options.update(app.conf.broker_transport_options or {})
         app.conf.broker_transport_options = options
