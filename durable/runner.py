@@ -17,10 +17,10 @@ from . import serialization as ser
 from .database import retry_while_unavailable
 from .dispatch import process_owner, publish_if_runnable
 from .engine import Collaborators, Execution
-from .errors import MaxRecoveryAttemptsExceededError, UnknownWorkflowError
+from .errors import UnknownWorkflowError
 from .leases import LeaseKeeper
-from .records import Status, StepStatus
-from .store import Claim, crash_text
+from .records import Status
+from .store import Claim
 
 logger = logging.getLogger("durable.runner")
 
@@ -90,28 +90,15 @@ class Runner:
         )
 
     def _quarantine(self, claim: Claim) -> None:
-        """Record why the workflow was quarantined; wake its parent."""
-        store = self.store
-        now = self.clock.now_ms()
-        step_rows = store.list_steps(claim.workflow_id)
-        in_flight = next((r for r in step_rows if r["status"] == StepStatus.RETRYING.value), None)
-        if in_flight is None:
-            where = f"step #{max((r['step_id'] for r in step_rows), default=-1) + 1}"
-        else:
-            store.record_crash(
-                claim.workflow_id, in_flight["step_id"], in_flight["name"],
-                crash_text(claim.last_death, in_flight["name"], in_flight["attempts"] + 1), now,
-            )
-            where = f"step #{in_flight['step_id']} {in_flight['name']!r}"
-        error = MaxRecoveryAttemptsExceededError(
-            f"workflow {claim.workflow_id!r} lost its worker {claim.recovery_attempts} times "
-            f"(max_recovery_attempts={claim.max_recovery_attempts}); last in {where}: "
-            f"{claim.last_death or 'lease expired (worker gone without a report)'}"
+        """The claim quarantined the workflow (its error, last crash and the
+        parent's wake-up are written); publish the parent now."""
+        logger.error(
+            "workflow %s quarantined: lost its worker %d times (max_recovery_attempts=%d); last: %s",
+            claim.workflow_id, claim.recovery_attempts, claim.max_recovery_attempts,
+            claim.last_death or "lease expired",
         )
-        parent = store.record_quarantine(claim.workflow_id, claim.epoch, ser.dumps_error(error), now)
-        logger.error("%s", error)
-        if parent:
-            publish_if_runnable(store, self.collaborators.dispatcher, parent)
+        if claim.parent_workflow_id:
+            publish_if_runnable(self.store, self.collaborators.dispatcher, claim.parent_workflow_id)
 
     def _reject_unknown(self, claim: Claim) -> None:
         error = UnknownWorkflowError(

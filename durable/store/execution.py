@@ -18,6 +18,8 @@ from sqlalchemy.sql.selectable import ExecutableReturnsRows
 from sqlalchemy.types import TypeEngine
 
 from ..database import Database
+from ..errors import MaxRecoveryAttemptsExceededError
+from ..serialization import dumps_error
 from ..records import ACTIVE_STATUSES, Status, StepStatus
 from ..schema import steps, workflows
 from .base import S, StoreBase, W
@@ -147,6 +149,12 @@ class ExecutionSql(StoreBase):
             if max_recovery is None:
                 max_recovery = default_max_recovery(row["name"])
             quarantine = recovered and attempts > max_recovery
+            in_flight = None
+            if quarantine:
+                step_rows = self.steps_of(workflow_id, conn)
+                in_flight = next(
+                    (r for r in step_rows.values() if r["status"] == StepStatus.RETRYING.value), None
+                )
             values: dict[str, Any] = dict(
                 recovery_attempts=attempts,
                 max_recovery_attempts=max_recovery,
@@ -156,8 +164,17 @@ class ExecutionSql(StoreBase):
                 executor=owner,
             )
             if quarantine:
+                where = (
+                    f"step #{max(step_rows, default=-1) + 1}" if in_flight is None
+                    else f"step #{in_flight['step_id']} {in_flight['name']!r}"
+                )
+                error = MaxRecoveryAttemptsExceededError(
+                    f"workflow {workflow_id!r} lost its worker {attempts} times "
+                    f"(max_recovery_attempts={max_recovery}); last in {where}: "
+                    f"{row['last_death'] or 'lease expired (worker gone without a report)'}"
+                )
                 values.update(
-                    status=Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value,
+                    status=Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value, error=dumps_error(error),
                     lease_owner=None, lease_expires_at_ms=None, completed_at_ms=now_ms,
                 )
             else:
@@ -177,11 +194,18 @@ class ExecutionSql(StoreBase):
             ).rowcount
             if won != 1:
                 return None
-            if quarantine and row["parent_workflow_id"]:
-                # in this transaction: a crash before the quarantine's
-                # details are written must not leave the parent waiting
-                self._wake(conn, row["parent_workflow_id"], now_ms)
-            step_rows = {} if quarantine else self.steps_of(workflow_id, conn)
+            if quarantine:
+                # all in the claim's transaction: nobody ever sees a
+                # quarantined workflow without its error, its last crash
+                # uncounted, or its parent not woken
+                if in_flight is not None:
+                    crash = crash_text(row["last_death"], in_flight["name"], in_flight["attempts"] + 1)
+                    conn.execute(self._crash_upsert(workflow_id, in_flight["step_id"], in_flight["name"], crash, now_ms))
+                if row["parent_workflow_id"]:
+                    self._wake(conn, row["parent_workflow_id"], now_ms)
+                step_rows = {}
+            else:
+                step_rows = self.steps_of(workflow_id, conn)
         return Claim.of(
             workflow_id, row, status=values["status"], epoch=values["lease_epoch"],
             recovered=recovered, recovery_attempts=attempts,
@@ -320,17 +344,19 @@ class ExecutionSql(StoreBase):
         self, workflow_id: str, step_id: int, name: str, crash: str, now_ms: int
     ) -> None:
         """Count a lost execution against the step that was in flight."""
+        with self.db.begin() as conn:
+            conn.execute(self._crash_upsert(workflow_id, step_id, name, crash, now_ms))
+
+    def _crash_upsert(self, workflow_id: str, step_id: int, name: str, crash: str, now_ms: int) -> Any:
         stmt = self._insert(steps).values(
             workflow_id=workflow_id, step_id=step_id, name=name,
             status=StepStatus.RETRYING.value, attempts=0, crashes=1, last_crash=crash,
             started_at_ms=now_ms,
         )
-        stmt = stmt.on_conflict_do_update(
+        return stmt.on_conflict_do_update(
             index_elements=["workflow_id", "step_id"],
             set_={"crashes": S.crashes + 1, "last_crash": crash},
         )
-        with self.db.begin() as conn:
-            conn.execute(stmt)
 
     def finish(
         self,
@@ -374,21 +400,6 @@ class ExecutionSql(StoreBase):
             dict(wid=workflow_id, epoch=epoch, wake_at=wake_at_ms, now=now_ms)
         )
         return False if row is None else row["redispatch_at_ms"]
-
-    def record_quarantine(self, workflow_id: str, epoch: int, error: str, now_ms: int) -> str | None:
-        """Store why the claim quarantined the workflow; wake its parent.
-        Returns the parent's ID."""
-        with self.db.begin() as conn:
-            row = conn.execute(
-                update(workflows)
-                .where(W.workflow_id == workflow_id, W.lease_epoch == epoch)
-                .values(error=error, updated_at_ms=now_ms)
-                .returning(W.parent_workflow_id)
-            ).first()
-            parent = row[0] if row else None
-            if parent:
-                self._wake(conn, parent, now_ms)
-        return parent
 
     def wake(self, workflow_id: str, now_ms: int) -> None:
         with self.db.begin() as conn:

@@ -175,11 +175,12 @@ def test_events_are_published_and_awaited(cluster: Cluster) -> None:
     assert dur.get_event("pub-1", "never-set", timeout=0) is None
 
 
-def test_a_quarantine_wakes_the_parent_even_if_its_details_are_never_written(
+def test_a_quarantine_wakes_the_parent_even_if_its_worker_dies_right_after(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The claim that quarantines also wakes the parent, in its own
-    transaction: a worker lost right after that claim leaves nobody waiting."""
+    """The claim that quarantines also records why and wakes the parent, in
+    its own transaction: a worker lost right after that claim leaves nobody
+    waiting and nothing half-written."""
     dur = cluster.dur
 
     @dur.step()
@@ -205,9 +206,12 @@ def test_a_quarantine_wakes_the_parent_even_if_its_details_are_never_written(
         raise SimulatedCrash()
 
     with monkeypatch.context() as patch:
-        patch.setattr(dur.store, "record_quarantine", lost_worker)
+        patch.setattr(dur.runner, "_quarantine", lost_worker)
         assert cluster.recover() == ["crashed"]  # quarantined by the claim, then the worker died
-    assert cluster.status(f"{handle.workflow_id}-0").status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED
+    child = cluster.status(f"{handle.workflow_id}-0")
+    assert child.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED
+    assert child.error is not None and "lost its worker 1 times" in child.error.message
+    assert "last in step #0" in child.error.message
     cluster.sweep()  # the parent's wake-up is in the database: the sweeper publishes it
     cluster.drive()
     assert handle.result(timeout=5) == "child quarantined"
