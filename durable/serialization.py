@@ -19,7 +19,14 @@ import traceback as tb
 import uuid
 from typing import Any, Callable
 
-from .errors import SerializationError
+from .errors import (
+    AwaitedWorkflowCancelledError,
+    AwaitedWorkflowMaxRecoveryAttemptsExceededError,
+    SerializationError,
+    WorkflowFailedError,
+    WorkflowTimeoutError,
+)
+from .records import Status
 
 FORMAT = "json-v1"  # recorded beside every payload
 
@@ -229,8 +236,6 @@ def loads_error(text: str | None) -> dict[str, Any] | None:
 def rebuild_error(record: dict[str, Any], workflow_id: str = "") -> BaseException:
     """The stored error as an exception of its own type when that type can be
     imported and rebuilt from its arguments; WorkflowFailedError otherwise."""
-    from .errors import WorkflowFailedError
-
     type_name = record.get("type", "Exception")
     module_name, _, qualname = type_name.rpartition(".")
     try:
@@ -251,13 +256,6 @@ def rebuild_error(record: dict[str, Any], workflow_id: str = "") -> BaseExceptio
 
 def outcome_error(workflow_id: str, status: str, error_text: str | None) -> BaseException:
     """The exception that awaiting a workflow which ended this way raises."""
-    from .errors import (
-        AwaitedWorkflowCancelledError,
-        AwaitedWorkflowMaxRecoveryAttemptsExceededError,
-        WorkflowTimeoutError,
-    )
-    from .records import Status
-
     record = loads_error(error_text) or {}
     if status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
         return AwaitedWorkflowMaxRecoveryAttemptsExceededError(
