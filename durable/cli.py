@@ -86,7 +86,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_fork(args: argparse.Namespace) -> int:
-    handle = _client().fork(args.workflow_id, from_step=args.from_step)
+    handle = _client().fork(args.workflow_id, from_step=args.from_step, new_workflow_id=args.new_id)
     print(f"forked {args.workflow_id} from step {args.from_step} as {handle.workflow_id}")
     return 0
 
@@ -130,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     fork = wf_sub.add_parser("fork")
     fork.add_argument("workflow_id")
     fork.add_argument("--from-step", type=int, required=True)
+    fork.add_argument("--new-id", help="the fork's workflow ID (must not exist yet; default: a new UUID)")
     fork.set_defaults(func=cmd_fork)
 
     dash = sub.add_parser("dashboard", help="serve the dashboard")

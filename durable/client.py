@@ -30,7 +30,7 @@ from .records import (
 )
 from .retry import Backoff
 from .settings import Settings
-from .starting import StartOptions, new_workflow_row, start_workflow
+from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import DedupConflict, Store
 
 __all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
@@ -89,7 +89,14 @@ def _safe_loads(text: str | None) -> Any:
         return f"<unreadable: {exc}>"
 
 
-def workflow_status(row: dict[str, Any], with_payloads: bool = False) -> WorkflowStatus:
+def workflow_status(
+    row: dict[str, Any], with_payloads: bool = False,
+    load_input: bool | None = None, load_output: bool | None = None,
+) -> WorkflowStatus:
+    """A row as a record; `inputs` and `output` are decoded only when asked
+    (`with_payloads` asks for both) and present in the row."""
+    load_input = with_payloads if load_input is None else load_input
+    load_output = with_payloads if load_output is None else load_output
     return WorkflowStatus(
         workflow_id=row["workflow_id"],
         name=row["name"],
@@ -108,8 +115,8 @@ def workflow_status(row: dict[str, Any], with_payloads: bool = False) -> Workflo
         last_death=row["last_death"],
         executor=row["executor"],
         app_version=row["app_version"],
-        inputs=_safe_loads(row["inputs"]) if with_payloads else None,
-        output=_safe_loads(row["output"]) if with_payloads else None,
+        inputs=_safe_loads(row["inputs"]) if load_input and "inputs" in row else None,
+        output=_safe_loads(row["output"]) if load_output and "output" in row else None,
     )
 
 
@@ -160,27 +167,36 @@ class Management:
         offset: int = 0,
         with_payloads: bool = False,
         parent_workflow_id: str | None = None,
+        load_input: bool | None = None,
+        load_output: bool | None = None,
     ) -> list[WorkflowStatus]:
+        """Workflows newest first. Their `inputs` and `output` are neither
+        read nor decoded unless asked (`load_input`, `load_output`, or
+        `with_payloads` for both): a page of summaries stays small however
+        large the payloads."""
         statuses = None
         if status is not None:
             items = [status] if isinstance(status, (str, Status)) else list(status)
             statuses = [Status(s).value for s in items]
+        load_input = with_payloads if load_input is None else load_input
+        load_output = with_payloads if load_output is None else load_output
         rows = self.store.list_workflows(
             status=statuses, name=name, queue=queue,
             created_after_ms=_to_ms(created_after), created_before_ms=_to_ms(created_before),
             parent_workflow_id=parent_workflow_id, limit=limit, offset=offset,
+            load_input=load_input, load_output=load_output,
         )
-        return [workflow_status(r, with_payloads) for r in rows]
+        return [workflow_status(r, load_input=load_input, load_output=load_output) for r in rows]
 
     def list_steps(self, workflow_id: str) -> list[StepInfo]:
-        if self.store.workflow_row(workflow_id) is None:
+        if self.store.workflow_summary(workflow_id) is None:
             raise WorkflowNotFoundError(workflow_id)
         return [step_info(r) for r in self.store.list_steps(workflow_id)]
 
     def cancel(self, workflow_id: str) -> list[str]:
         """Cancel the workflow and its active children. A running execution
         stops at its next checkpoint. Returns the IDs cancelled."""
-        if self.store.workflow_row(workflow_id) is None:
+        if self.store.workflow_summary(workflow_id) is None:
             raise WorkflowNotFoundError(workflow_id)
         cancelled = self.store.cancel(workflow_id, self.clock.now_ms())
         for parent in self._parents_to_wake(cancelled):
@@ -190,14 +206,14 @@ class Management:
     def _parents_to_wake(self, cancelled: list[str]) -> set[str]:
         parents = set()
         for workflow_id in cancelled:
-            row = self.store.workflow_row(workflow_id)
+            row = self.store.workflow_summary(workflow_id)
             if row and row["parent_workflow_id"] and row["parent_workflow_id"] not in cancelled:
                 parents.add(row["parent_workflow_id"])
         return parents
 
     def resume(self, workflow_id: str) -> WorkflowHandle:
         """Run a cancelled or quarantined workflow again from its last checkpoint."""
-        row = self.store.workflow_row(workflow_id)
+        row = self.store.workflow_summary(workflow_id)
         if row is None:
             raise WorkflowNotFoundError(workflow_id)
         resumable = (Status.CANCELLED.value, Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value)
@@ -216,12 +232,16 @@ class Management:
 
     def fork(self, workflow_id: str, from_step: int, new_workflow_id: str | None = None) -> WorkflowHandle:
         """A new workflow with the same inputs that reuses the source's
-        checkpoints before `from_step` and runs the rest again."""
+        checkpoints before `from_step` and runs the rest again. Its row, its
+        copied checkpoints and events are written in one transaction. A
+        `new_workflow_id` that is already taken is refused (ValueError):
+        a fork never writes into an existing workflow."""
+        if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
+            raise ValueError(f"from_step must be an integer >= 0, got {from_step!r}")
+        check_name(new_workflow_id, "new_workflow_id", optional=True)
         row = self.store.workflow_row(workflow_id)
         if row is None:
             raise WorkflowNotFoundError(workflow_id)
-        if from_step < 0:
-            raise ValueError("from_step must be >= 0")
         now = self.clock.now_ms()
         new_row = dict(
             workflow_id=new_workflow_id or str(uuid.uuid4()), name=row["name"],
@@ -231,8 +251,12 @@ class Management:
             redispatch_at_ms=now + int(self.settings.redelivery_seconds * 1000),
             app_version=row["app_version"], created_at_ms=now, updated_at_ms=now,
         )
-        self.store.insert_workflow(new_row)
-        self.store.copy_steps(workflow_id, new_row["workflow_id"], from_step)
+        store = self.store
+        if not store.fork_workflow(new_row, workflow_id, from_step, after_copy=store.restore_events):
+            raise ValueError(
+                f"cannot fork {workflow_id!r} as {new_row['workflow_id']!r}: a workflow with that ID "
+                "already exists (a fork needs a new ID; omit new_workflow_id for a fresh one)"
+            )
         self.dispatcher.publish(new_row["workflow_id"], row["name"], row["queue"], row["priority"])
         return WorkflowHandle(new_row["workflow_id"], self)
 

@@ -3,14 +3,20 @@ status pages, cancel, resume, fork."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from ..records import ACTIVE_STATUSES, Status, StepStatus
 from ..schema import steps, workflows
 from .base import DedupConflict, S, StoreBase, W
+
+# The payload columns: a list or a status check reads them only when asked
+# (a workflow's inputs and output may each be megabytes).
+PAYLOAD_COLUMNS = ("inputs", "output")
+SUMMARY_COLUMNS = tuple(c for c in workflows.c if c.name not in PAYLOAD_COLUMNS)
 
 
 class ManagementSql(StoreBase):
@@ -30,6 +36,14 @@ class ManagementSql(StoreBase):
             ).mappings().first()
             return dict(row) if row else None
 
+    def workflow_summary(self, workflow_id: str) -> dict[str, Any] | None:
+        """A workflow's row without its inputs and output."""
+        with self.db.begin() as conn:
+            row = conn.execute(
+                select(*SUMMARY_COLUMNS).where(W.workflow_id == workflow_id)
+            ).mappings().first()
+            return dict(row) if row else None
+
     def list_workflows(
         self,
         status: Sequence[str] | None = None,
@@ -40,8 +54,16 @@ class ManagementSql(StoreBase):
         parent_workflow_id: str | None = None,
         limit: int | None = 100,
         offset: int = 0,
+        load_input: bool = False,
+        load_output: bool = False,
     ) -> list[dict[str, Any]]:
-        query = select(workflows)
+        """Rows newest first, without `inputs` and `output` unless asked."""
+        columns = [*SUMMARY_COLUMNS]
+        if load_input:
+            columns.append(W.inputs)
+        if load_output:
+            columns.append(W.output)
+        query = select(*columns)
         if status:
             query = query.where(W.status.in_(list(status)))
         if name:
@@ -127,16 +149,40 @@ class ManagementSql(StoreBase):
     def copy_steps(self, source_id: str, target_id: str, below_step_id: int) -> int:
         """Copy the final step outcomes before `below_step_id` (for fork)."""
         with self.db.begin() as conn:
-            rows = conn.execute(
-                select(steps).where(
-                    S.workflow_id == source_id,
-                    S.step_id < below_step_id,
-                    S.status != StepStatus.RETRYING.value,
-                )
-            ).mappings().all()
-            for r in rows:
-                conn.execute(insert(steps).values(**{**dict(r), "workflow_id": target_id}))
+            return self._copy_steps(conn, source_id, target_id, below_step_id)
+
+    @staticmethod
+    def _copy_steps(conn: Connection, source_id: str, target_id: str, below_step_id: int) -> int:
+        rows = conn.execute(
+            select(steps).where(
+                S.workflow_id == source_id,
+                S.step_id < below_step_id,
+                S.status != StepStatus.RETRYING.value,
+            )
+        ).mappings().all()
+        for r in rows:
+            conn.execute(insert(steps).values(**{**dict(r), "workflow_id": target_id}))
         return len(rows)
+
+    def fork_workflow(
+        self,
+        new_row: dict[str, Any],
+        source_id: str,
+        below_step_id: int,
+        after_copy: Callable[[str, Connection], object] | None = None,
+    ) -> bool:
+        """Write a fork in one transaction: its row, the source's checkpoints
+        before `below_step_id`, and whatever `after_copy(target_id, conn)`
+        derives from them. False, and nothing written, when the new ID is
+        already taken (a fork never writes into an existing workflow)."""
+        target_id = new_row["workflow_id"]
+        with self.db.begin() as conn:
+            if not self.insert_workflow(new_row, conn=conn).created:
+                return False
+            self._copy_steps(conn, source_id, target_id, below_step_id)
+            if after_copy is not None:
+                after_copy(target_id, conn)
+        return True
 
     def delete_workflows(self, workflow_ids: Iterable[str]) -> None:
         ids = list(workflow_ids)

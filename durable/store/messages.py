@@ -211,30 +211,33 @@ class MessagesSql(StoreBase):
             rows = conn.execute(select(E.key, E.value).where(E.workflow_id == workflow_id)).all()
         return {key: value for key, value in rows}
 
-    def restore_events(self, workflow_id: str) -> int:
+    def restore_events(self, workflow_id: str, conn: Connection | None = None) -> int:
         """Rebuild a workflow's events from its own set_event checkpoints (a
-        fork's copied steps): each key gets the value its last one set."""
-        with self.db.begin() as conn:
-            rows = conn.execute(
-                select(S.step_id, S.output, S.completed_at_ms)
-                .where(
-                    S.workflow_id == workflow_id,
-                    S.name == SET_EVENT_STEP,
-                    S.status == StepStatus.SUCCESS.value,
-                )
-                .order_by(S.step_id)
-            ).all()
-            latest: dict[str, tuple[int, str, int]] = {}
-            for step_id, output, completed_at_ms in rows:
-                key, value = _event_of_checkpoint(output)
-                latest[key] = (step_id, value, completed_at_ms or 0)
-            if latest:
-                conn.execute(delete(events).where(E.workflow_id == workflow_id))
-                conn.execute(insert(events), [
-                    dict(workflow_id=workflow_id, key=key, value=value, step_id=step_id,
-                         updated_at_ms=at_ms)
-                    for key, (step_id, value, at_ms) in latest.items()
-                ])
+        fork's copied steps): each key gets the value its last one set. With
+        `conn`, inside that transaction (a fork writes all in one)."""
+        if conn is None:
+            with self.db.begin() as own:
+                return self.restore_events(workflow_id, own)
+        rows = conn.execute(
+            select(S.step_id, S.output, S.completed_at_ms)
+            .where(
+                S.workflow_id == workflow_id,
+                S.name == SET_EVENT_STEP,
+                S.status == StepStatus.SUCCESS.value,
+            )
+            .order_by(S.step_id)
+        ).all()
+        latest: dict[str, tuple[int, str, int]] = {}
+        for step_id, output, completed_at_ms in rows:
+            key, value = _event_of_checkpoint(output)
+            latest[key] = (step_id, value, completed_at_ms or 0)
+        if latest:
+            conn.execute(delete(events).where(E.workflow_id == workflow_id))
+            conn.execute(insert(events), [
+                dict(workflow_id=workflow_id, key=key, value=value, step_id=step_id,
+                     updated_at_ms=at_ms)
+                for key, (step_id, value, at_ms) in latest.items()
+            ])
         return len(latest)
 
     # --- shared ------------------------------------------------------------------
