@@ -10,13 +10,16 @@ from dataclasses import replace
 from typing import Any, Callable, Generic, TypeVar, overload
 
 from celery import Celery
+from celery.canvas import chain as celery_chain, chord as celery_chord, group as celery_group
 
 from . import celery_binding
+from .canvas import CANVAS_WORKFLOW, Canvas, CanvasRunner, describe, signatures
 from .client import Management, WorkflowHandle
 from .clock import SYSTEM_CLOCK, Clock
 from .context import in_workflow_code
 from .database import Database
-from .dispatch import CeleryDispatcher, Dispatcher, configure_app
+from .dispatch import TASK_PREFIX, CeleryDispatcher, Dispatcher, configure_app
+from .dispatched_steps import Dispatched, StepAsWorkflow, TaskStep, step_workflow_name, task_workflow_name
 from .engine import Collaborators
 from .messaging import Messaging
 from .retry import RetryPolicy
@@ -64,6 +67,10 @@ class WorkflowFunction(Generic[R]):
     def max_recovery_attempts(self) -> int | None:
         return self.defaults.max_recovery_attempts
 
+    @property
+    def on_crash_queue(self) -> str | None:
+        return None  # a workflow's lost execution is recovered where it was
+
 
 class BoundStart(Generic[R]):
     def __init__(self, workflow: WorkflowFunction[R], options: StartOptions):
@@ -97,30 +104,65 @@ class BoundStart(Generic[R]):
 
 class StepFunction:
     """A registered step: checkpointed when called inside a workflow, a plain
-    call elsewhere (and inside another step)."""
+    call elsewhere (and inside another step). A dispatched step (`queue=`)
+    runs as its own Celery task on that queue; the workflow waits for it
+    suspended (see `dispatched_steps.py`)."""
 
     def __init__(
         self, fn: Callable[..., Any], name: str, policy: RetryPolicy,
         transactions: Transactions | None = None, isolation: str | None = None,
+        dispatched: Dispatched | None = None,
     ):
         self.fn = fn
         self.name = name
         self.policy = policy
         self.transactions = transactions  # set for a @transaction step
         self.isolation = isolation
+        self.dispatched = dispatched
         functools.update_wrapper(self, fn)
 
     @property
     def transactional(self) -> bool:
         return self.transactions is not None
 
+    def spawn(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
+        """Start a dispatched step and return its handle at once: `result()`
+        (or `durable.gather`) waits for it."""
+        if self.dispatched is None:
+            raise TypeError(
+                f"step {self.name!r} runs inline; spawn() needs a dispatched step: @dur.step(queue=...)"
+            )
+        return self.dispatched.spawn(args, kwargs)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         execution = in_workflow_code()
         if execution is not None:
+            if self.dispatched is not None:
+                return self.dispatched.spawn(args, kwargs).result()
             return execution.run_step(self, args, kwargs, transactional=self.transactional)
         if self.transactions is not None:
             return self.transactions.run_outside(self, args, kwargs)
         return self.fn(*args, **kwargs)
+
+
+class Registry(dict[str, Any]):
+    """Registered workflows by name. An existing Celery task run as a step
+    by a canvas (`durable.task:<task>`) is found here without having been
+    made a step by hand."""
+
+    def __init__(self, durable: "Durable"):
+        super().__init__()
+        self._durable = weakref.ref(durable)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        found = super().get(name)
+        if found is None and name.startswith(TASK_PREFIX):
+            durable = self._durable()
+            task = durable.celery.tasks.get(name[len(TASK_PREFIX):]) if durable else None
+            if durable is not None and task is not None:
+                durable.task_step(task)
+                found = super().get(name)
+        return default if found is None else found
 
 
 class Durable(Management):
@@ -153,13 +195,16 @@ class Durable(Management):
         self.celery = configure_app(celery_app, self.settings)
         store = Store(Database(self.settings.resolved_database_url, echo=self.settings.sql_echo))
         super().__init__(store, dispatcher or CeleryDispatcher(self.celery), self.settings, clock)
-        self.registry: dict[str, WorkflowFunction[Any]] = {}
+        self.registry = Registry(self)
         self.transactions = Transactions(self.settings, store.db, clock)
         collaborators = Collaborators(
             store=store, dispatcher=self.dispatcher, settings=self.settings, clock=clock,
             transactions=self.transactions, messaging=Messaging(),
         )
         self.runner = Runner(collaborators, self.registry)
+        self._canvas_workflow: WorkflowFunction[Any] = self.workflow(name=CANVAS_WORKFLOW)(
+            CanvasRunner(self, self.celery, lambda: self._canvas_workflow)
+        )
         celery_binding.bind(self.celery, self.runner)
         _apps.add(self)
 
@@ -226,6 +271,9 @@ class Durable(Management):
         timeout: float | None = None,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         dont_retry_on: tuple[type[BaseException], ...] = (),
+        queue: str | None = None,
+        on_crash_queue: str | None = None,
+        max_recovery_attempts: int | None = None,
     ) -> Callable[[Callable[..., Any]], StepFunction]: ...
 
     def step(
@@ -241,21 +289,86 @@ class Durable(Management):
         timeout: float | None = None,
         retry_on: tuple[type[BaseException], ...] = (Exception,),
         dont_retry_on: tuple[type[BaseException], ...] = (),
+        queue: str | None = None,
+        on_crash_queue: str | None = None,
+        max_recovery_attempts: int | None = None,
     ) -> StepFunction | Callable[[Callable[..., Any]], StepFunction]:
+        """A checkpointed step. With `queue`, a dispatched step: it runs as its
+        own Celery task (`durable.step:<name>`) on that queue; after its process
+        dies the next attempt goes to `on_crash_queue`; past
+        `max_recovery_attempts` lost attempts it fails with
+        MaxRecoveryAttemptsExceededError inside the workflow."""
         policy = RetryPolicy(
             retries=retries, interval_seconds=interval, backoff=backoff,
             max_interval_seconds=max_interval, jitter=jitter, timeout_seconds=timeout,
             retry_on=_exception_tuple(retry_on, "retry_on"),
             dont_retry_on=_exception_tuple(dont_retry_on, "dont_retry_on"),
         )
+        if queue is None and (on_crash_queue is not None or max_recovery_attempts is not None):
+            raise ValueError(
+                "on_crash_queue and max_recovery_attempts apply to a dispatched step: give it queue=... "
+                "(an inline step's crashes count against its workflow)"
+            )
 
         def register(f: Callable[..., Any]) -> StepFunction:
             if not callable(f):
                 raise TypeError(f"@step needs a function, got {f!r}")
-            check_name(name or f.__qualname__, "step name")
-            return StepFunction(f, name or f.__qualname__, policy)
+            step_name = name or f.__qualname__
+            check_name(step_name, "step name")
+            if queue is None:
+                return StepFunction(f, step_name, policy)
+            dispatched = Dispatched(
+                self, self.celery, step_workflow_name(step_name), queue, on_crash_queue,
+                max_recovery_attempts,
+            )
+            step = StepFunction(f, step_name, policy, dispatched=dispatched)
+            self._register_dispatched(step, dispatched)
+            return step
 
         return register(fn) if fn is not None else register
+
+    def task_step(
+        self,
+        task: Any,
+        *,
+        queue: str | None = None,
+        retries: int = 0,
+        interval: float = 1.0,
+        backoff: float = 2.0,
+        max_interval: float = 3600.0,
+        jitter: bool = False,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        dont_retry_on: tuple[type[BaseException], ...] = (),
+        on_crash_queue: str | None = None,
+        max_recovery_attempts: int | None = None,
+    ) -> TaskStep:
+        """An existing Celery task as a durable step, the task unchanged: it
+        runs as a Celery task on the queue Celery's routing gives it (or
+        `queue`), with its own time and rate limits; its result is
+        checkpointed before its message is acknowledged."""
+        task_name = getattr(task, "name", None)
+        if not isinstance(task_name, str) or not callable(getattr(task, "run", None)):
+            raise TypeError(f"task_step needs a Celery task (@app.task), got {task!r}")
+        policy = RetryPolicy(
+            retries=retries, interval_seconds=interval, backoff=backoff,
+            max_interval_seconds=max_interval, jitter=jitter,
+            retry_on=_exception_tuple(retry_on, "retry_on"),
+            dont_retry_on=_exception_tuple(dont_retry_on, "dont_retry_on"),
+        )
+        dispatched = Dispatched(
+            self, self.celery, task_workflow_name(task_name), queue, on_crash_queue,
+            max_recovery_attempts, celery_task_name=task_name,
+        )
+        step = TaskStep(task, dispatched, policy)
+        self._register_dispatched(step, dispatched, like=task)
+        return step
+
+    def _register_dispatched(self, step: Any, dispatched: Dispatched, like: Any = None) -> None:
+        """The step's own workflow, and the Celery task that carries its messages."""
+        self.registry[dispatched.workflow_name] = StepAsWorkflow(
+            step, dispatched.max_recovery_attempts, dispatched.on_crash_queue
+        )
+        celery_binding.bind_step_task(self.celery, dispatched.workflow_name, like=like)
 
     @overload
     def transaction(self, fn: Callable[..., Any], /) -> StepFunction: ...
@@ -299,6 +412,26 @@ class Durable(Management):
             )
 
         return register(fn) if fn is not None else register
+
+    # --- existing Celery canvases, made durable ---------------------------------
+
+    def chain(self, *signatures: Any) -> Canvas:
+        """`chain(a.s(...), b.s(), c.si(...))`: each task a dispatched step,
+        each result passed on as Celery does; `.start(...)` runs it durably."""
+        return Canvas(self._canvas_workflow, describe(celery_chain(*self._checked(signatures)), self.celery))
+
+    def group(self, *signatures: Any) -> Canvas:
+        """The tasks side by side; the result is the list of their results."""
+        return Canvas(self._canvas_workflow, describe(celery_group(*self._checked(signatures)), self.celery))
+
+    def chord(self, header: Any, body: Any) -> Canvas:
+        """A group, then `body` called with the list of its results."""
+        [body_sig] = self._checked([body])
+        header_sigs = self._checked(header if isinstance(header, (list, tuple)) else [header])
+        return Canvas(self._canvas_workflow, describe(celery_chord(header_sigs, body_sig), self.celery))
+
+    def _checked(self, items: Any) -> list[Any]:
+        return signatures(items, self.celery)
 
     def migrate(self) -> str:
         return self.store.db.migrate()

@@ -18,11 +18,12 @@ from celery.exceptions import WorkerLostError
 from celery.worker.request import Request
 
 from .db_errors import is_transient
-from .dispatch import RUN_TASK, process_owner
+from .dispatch import RUN_TASK, TASK_PREFIX, process_owner
 from .fork_guard import no_fork_meanwhile
 from .pool_watch import PoolWatch
 from .recovery import Sweeper
-from .runner import Runner
+from . import serialization as ser
+from .runner import Delivery, Runner
 
 logger = logging.getLogger("durable.celery")
 
@@ -40,13 +41,61 @@ def bind(app: Celery, runner: Runner) -> None:
         durable_runner=runner,
     )(run_workflow)
     app.steps["worker"].add(SchemaBeforeFork)
+    app.steps["worker"].add(TasksAsSteps)
     app.steps["worker"].add(RecoverySweeper)
     app.steps["worker"].add(PoolWatch)  # a dead pool child is noticed within 0.5 s, not 5
 
 
+def bind_step_task(app: Celery, name: str, like: Any = None) -> None:
+    """Register the Celery task that carries a dispatched step's messages
+    (named as its workflow, `durable.step:...` or `durable.task:...`). An
+    existing task's rate and time limits carry over, so Celery applies them
+    to the step as it does to the task. Its runner is the app's."""
+    if name in app.tasks:
+        return
+    limits = {
+        option: getattr(like, option)
+        for option in ("rate_limit", "time_limit", "soft_time_limit")
+        if like is not None and getattr(like, option, None) is not None
+    }
+    app.task(
+        name=name,
+        bind=True,
+        shared=False,  # this app's step, not every Celery app's in the process
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=True,
+        typing=False,
+        Request=DurableRequest,
+        **limits,
+    )(run_workflow)
+
+
 def run_workflow(task: Task, workflow_id: str, workflow_name: str | None = None) -> str:
-    runner: Runner = task.durable_runner  # set by bind()
-    return runner.execute(workflow_id, workflow_name)
+    """Every durable message: returns (the message is acked) once the
+    execution's outcome is committed. An execution that ended its workflow
+    ERROR, or quarantined it, raises, so Flower and the events show a
+    failed task with the error; the outcome is already committed, and a
+    failed task's message is acknowledged as well."""
+    delivery = _runner_of(task.app).deliver(workflow_id, workflow_name)
+    if delivery.failed:
+        raise WorkflowExecutionFailed(delivery)
+    if delivery.ending is not None:
+        return f"{delivery.ending.kind}: {delivery.workflow_id}"
+    return f"{delivery.kind}: {delivery.workflow_id}"
+
+
+class WorkflowExecutionFailed(Exception):
+    """What Flower shows for an execution that ended its workflow ERROR,
+    quarantined it, or found it unknown."""
+
+    def __init__(self, delivery: Delivery):
+        try:
+            error = ser.loads_error(delivery.error) or {}
+            detail = f"{error.get('type', 'error')}: {error.get('message', '')}"
+        except (ValueError, AttributeError):
+            detail = str(delivery.error)
+        super().__init__(f"workflow {delivery.workflow_id} {delivery.kind}: {detail}")
 
 
 def _runner_of(app: Celery) -> Runner:
@@ -90,6 +139,20 @@ class RecoverySweeper(bootsteps.StartStopStep):  # type: ignore[misc]
     def stop(self, worker: Any) -> None:
         if self.sweeper is not None:
             self.sweeper.stop()
+
+
+class TasksAsSteps(bootsteps.Step):  # type: ignore[misc]
+    """Every Celery task this worker knows can run as a durable step of a
+    canvas (`dur.chain(...)`): register its `durable.task:<name>` twin once
+    the app's modules are imported and before the consumer reads the task
+    registry, so its messages are not rejected as unregistered."""
+
+    def __init__(self, worker: Any, **kwargs: Any):
+        super().__init__(worker, **kwargs)
+        app = worker.app
+        for name, task in list(app.tasks.items()):
+            if not name.startswith(("celery.", "durable.")):
+                bind_step_task(app, f"{TASK_PREFIX}{name}", like=task)
 
 
 class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]

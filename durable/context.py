@@ -24,7 +24,8 @@ class ActiveExecution(Protocol):
     database_url: str  # the system database it checkpoints to
 
     def run_step(
-        self, step: Any, args: tuple[Any, ...], kwargs: dict[str, Any], transactional: bool = False
+        self, step: Any, args: tuple[Any, ...], kwargs: dict[str, Any], transactional: bool = False,
+        checkpoint_success: bool = True,
     ) -> Any: ...
     def start_child(self, child_row: dict[str, Any], name: str) -> str: ...
     def await_workflow(self, workflow_id: str, timeout: float | None = None) -> Any: ...

@@ -1,7 +1,11 @@
 """Publishing "look at workflow X": the only messages durable sends.
 
 A message carries a workflow's ID and name and nothing else; the row is the
-truth. A failed publish is logged, not raised: the recovery sweeper
+truth. A workflow's message is the task `durable.run_workflow`, shown in
+Flower as `durable:<name>`. A dispatched step runs as a workflow of its own
+(see `dispatched_steps.py`) whose message is a Celery task of the step's own
+name, `durable.step:<step>`, or `durable.task:<task>` for an existing Celery
+task, which Flower shows under the task's own name. A failed publish is logged, not raised: the recovery sweeper
 publishes any runnable workflow nobody picked up. The engine, the client
 and the sweeper publish through a `Dispatcher`; tests hand them one that
 records what was published instead of ringing a broker.
@@ -24,6 +28,25 @@ from .store import Store
 logger = logging.getLogger("durable.dispatch")
 
 RUN_TASK = "durable.run_workflow"
+STEP_PREFIX = "durable.step:"  # a dispatched @dur.step
+TASK_PREFIX = "durable.task:"  # an existing Celery task run as a durable step
+
+
+def celery_task_name(workflow_name: str) -> str:
+    """The Celery task that carries this workflow's messages: a dispatched
+    step's own task (its rate and time limits apply), else the workflow task."""
+    if workflow_name.startswith((STEP_PREFIX, TASK_PREFIX)):
+        return workflow_name
+    return RUN_TASK
+
+
+def display_name(workflow_name: str) -> str:
+    """What Flower and the worker's log call the message."""
+    if workflow_name.startswith(TASK_PREFIX):
+        return workflow_name[len(TASK_PREFIX):]
+    if workflow_name.startswith(STEP_PREFIX):
+        return workflow_name
+    return f"durable:{workflow_name}"
 
 
 class Dispatcher(Protocol):
@@ -38,12 +61,12 @@ class CeleryDispatcher:
     def publish(self, workflow_id: str, name: str, queue: str, priority: int = 0) -> bool:
         try:
             self.app.send_task(
-                RUN_TASK,
+                celery_task_name(name),
                 args=[workflow_id, name],
                 queue=queue,
                 routing_key=queue,
                 priority=priority,
-                shadow=f"durable:{name}",
+                shadow=display_name(name),
                 argsrepr=f"({workflow_id!r}, {name!r})",
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},

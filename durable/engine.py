@@ -114,6 +114,16 @@ class Position:
 
 
 @dataclass(frozen=True)
+class Ending:
+    """How an execution stopped: "SUCCESS" or "ERROR" (it ended the workflow,
+    with `error` the recorded error), "suspended", or "fenced" (another
+    execution owns the workflow, or it was cancelled)."""
+
+    kind: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Collaborators:
     """What an execution works with besides its claim."""
 
@@ -145,7 +155,8 @@ class Execution:
 
     # --- running -----------------------------------------------------------
 
-    def run(self, fn: Callable[..., Any]) -> None:
+    def run(self, fn: Callable[..., Any]) -> Ending:
+        """Run the workflow function to its end or its next wait."""
         with enter_execution(self):
             try:
                 args, kwargs = ser.loads_inputs(self.claim.inputs)
@@ -153,14 +164,19 @@ class Execution:
                 output = ser.dumps(result)
             except Suspend as suspend:
                 self._suspend(suspend.wake_at_ms)
+                return Ending("suspended")
             except Fenced:
                 logger.info("execution %s/%d stopped: no longer the owner", self.workflow_id, self.epoch)
+                return Ending("fenced")
             except Exception as exc:
-                self._finish(Status.ERROR, error=ser.dumps_error(exc))
+                error = ser.dumps_error(exc)
+                ended = self._finish(Status.ERROR, error=error)
+                return Ending(Status.ERROR.value if ended else "fenced", error if ended else None)
             else:
-                self._finish(Status.SUCCESS, output=output)
+                ended = self._finish(Status.SUCCESS, output=output)
+                return Ending(Status.SUCCESS.value if ended else "fenced")
 
-    def _finish(self, status: Status, output: str | None = None, error: str | None = None) -> None:
+    def _finish(self, status: Status, output: str | None = None, error: str | None = None) -> bool:
         ended, parent = retry_while_unavailable(
             lambda: self.store.finish(
                 self.workflow_id, self.epoch, status, self.clock.now_ms(), output, error,
@@ -170,6 +186,7 @@ class Execution:
         )
         if ended and parent:
             publish_if_runnable(self.store, self.dispatcher, parent)
+        return ended
 
     def _suspend(self, wake_at_ms: int | None) -> None:
         redispatch = retry_while_unavailable(
@@ -285,10 +302,12 @@ class Execution:
     # --- steps ----------------------------------------------------------------
 
     def run_step(
-        self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], transactional: bool = False
+        self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any], transactional: bool = False,
+        checkpoint_success: bool = True,
     ) -> Any:
         """A step with its retry policy: each failed attempt is recorded, so
-        a recovered execution resumes the count."""
+        a recovered execution resumes the count. A dispatched step's own
+        workflow passes checkpoint_success=False: its end records the result."""
         position = self.reserve(step.name)
         if position.final:
             return self.replay(position.row or {})
@@ -330,6 +349,8 @@ class Execution:
                     return self.replay(existing)
                 self.wait_until(next_at)
                 continue
+            if not transactional and not checkpoint_success:
+                return result
             if not transactional:  # outside the try: a failed write is no failed attempt
                 existing = self.record(success(output))
             return result if existing is None else self.replay(existing)

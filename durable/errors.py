@@ -122,8 +122,10 @@ class AwaitedWorkflowCancelledError(DurableError):
     """The workflow being awaited was cancelled."""
 
 
-class AwaitedWorkflowMaxRecoveryAttemptsExceededError(DurableError):
-    """The workflow being awaited was quarantined after too many lost executions."""
+class AwaitedWorkflowMaxRecoveryAttemptsExceededError(MaxRecoveryAttemptsExceededError):
+    """The workflow being awaited (a child, or a dispatched step) was
+    quarantined after too many lost executions; `except
+    MaxRecoveryAttemptsExceededError` catches it."""
 
 
 class WorkflowTimeoutError(DurableError):

@@ -11,16 +11,17 @@ execution's lease expired counts a recovery, and past
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
 from . import serialization as ser
 from .database import retry_while_unavailable
 from .dispatch import process_owner, publish_if_runnable
-from .engine import Collaborators, Execution
-from .errors import UnknownWorkflowError
+from .engine import Collaborators, Ending, Execution
+from .errors import MaxRecoveryAttemptsExceededError, UnknownWorkflowError
 from .leases import LeaseKeeper
 from .records import Status
-from .store import Claim
+from .store import Claim, crash_text
 
 logger = logging.getLogger("durable.runner")
 
@@ -31,6 +32,30 @@ class RegisteredWorkflow(Protocol):
 
     @property
     def max_recovery_attempts(self) -> int | None: ...
+
+    @property
+    def on_crash_queue(self) -> str | None:
+        """Where the next attempt goes after an execution's process died
+        (a dispatched step's `on_crash_queue`); None: where it was."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one message came to. `kind`: "executed", "skipped" (a duplicate:
+    the workflow ended, or a live execution holds it), "quarantined",
+    "unknown" (no such workflow registered here) or "rerouted" (moved to its
+    on_crash_queue). `ending`: how an execution stopped, when one ran."""
+
+    kind: str
+    workflow_id: str
+    ending: Ending | None = None
+    error: str | None = None  # the recorded error of a workflow this delivery ended
+
+    @property
+    def failed(self) -> bool:
+        return self.kind == "quarantined" or self.kind == "unknown" or (
+            self.ending is not None and self.ending.kind == Status.ERROR.value
+        )
 
 
 class Runner:
@@ -57,27 +82,52 @@ class Runner:
         return self.settings.max_recovery_attempts
 
     def execute(self, workflow_id: str, workflow_name: str | None = None) -> str:
-        """What the message came to: "executed", "skipped" (a duplicate: the
-        workflow ended, or a live execution holds it), "quarantined" or
-        "unknown" (no such workflow registered here)."""
+        """What the message came to (see `Delivery.kind`)."""
+        return self.deliver(workflow_id, workflow_name).kind
+
+    def deliver(self, workflow_id: str, workflow_name: str | None = None) -> Delivery:
+        """Claim the workflow, then execute, quarantine, reroute or reject it."""
         owner = self.owner()
         with self.store.db.pinned():
             claim = self._claim(workflow_id, workflow_name, owner)
             if claim is None:
-                return "skipped"
+                return Delivery("skipped", workflow_id)
             if claim.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
-                self._quarantine(claim)
-                return "quarantined"
+                return Delivery("quarantined", workflow_id, error=self._quarantine(claim))
             workflow = self.registry.get(claim.name)
             if workflow is None:
-                self._reject_unknown(claim)
-                return "unknown"
+                return Delivery("unknown", workflow_id, error=self._reject_unknown(claim))
+            if claim.recovered and workflow.on_crash_queue and workflow.on_crash_queue != claim.queue:
+                return self._reroute(claim, workflow.on_crash_queue)
             self.leases.track(workflow_id, claim.epoch, owner)
             try:
-                Execution(claim, owner, self.collaborators).run(workflow.fn)
+                ending = Execution(claim, owner, self.collaborators).run(workflow.fn)
             finally:
                 self.leases.untrack(workflow_id)
-            return "executed"
+            return Delivery("executed", workflow_id, ending, ending.error)
+
+    def _reroute(self, claim: Claim, queue: str) -> Delivery:
+        """The execution before this one died: the next attempt runs on
+        `queue`. The crash is noted against the step in flight (a dispatched
+        step's workflow has one step, #0)."""
+        now = self.clock.now_ms()
+        step_name = claim.steps[0]["name"] if 0 in claim.steps else claim.name.split(":", 1)[-1]
+        attempts = claim.steps[0]["attempts"] if 0 in claim.steps else 0
+        crash = (0, step_name, crash_text(claim.last_death, step_name, attempts + 1))
+        moved = retry_while_unavailable(
+            lambda: self.store.reroute(
+                claim.workflow_id, claim.epoch, queue, now,
+                now + int(self.settings.redelivery_seconds * 1000), crash,
+            ),
+            "moving a workflow to its on_crash_queue", clock=self.clock,
+        )
+        if moved:
+            logger.warning(
+                "workflow %s lost its worker (%s): next attempt on queue %r",
+                claim.workflow_id, claim.last_death or "lease expired", queue,
+            )
+            self.collaborators.dispatcher.publish(claim.workflow_id, claim.name, queue)
+        return Delivery("rerouted", claim.workflow_id)
 
     def _claim(self, workflow_id: str, workflow_name: str | None, owner: str) -> Claim | None:
         lease_ms = int(self.settings.lease_seconds * 1000)
@@ -89,18 +139,20 @@ class Runner:
             "claiming a workflow", clock=self.clock,
         )
 
-    def _quarantine(self, claim: Claim) -> None:
+    def _quarantine(self, claim: Claim) -> str:
         """The claim quarantined the workflow (its error, last crash and the
-        parent's wake-up are written); publish the parent now."""
-        logger.error(
-            "workflow %s quarantined: lost its worker %d times (max_recovery_attempts=%d); last: %s",
-            claim.workflow_id, claim.recovery_attempts, claim.max_recovery_attempts,
-            claim.last_death or "lease expired",
+        parent's wake-up are written); publish the parent now. Returns the
+        error, serialized."""
+        error = MaxRecoveryAttemptsExceededError(
+            f"lost its worker {claim.recovery_attempts} times (max_recovery_attempts="
+            f"{claim.max_recovery_attempts}); last: {claim.last_death or 'lease expired'}"
         )
+        logger.error("workflow %s quarantined: %s", claim.workflow_id, error)
         if claim.parent_workflow_id:
             publish_if_runnable(self.store, self.collaborators.dispatcher, claim.parent_workflow_id)
+        return ser.dumps_error(error)
 
-    def _reject_unknown(self, claim: Claim) -> None:
+    def _reject_unknown(self, claim: Claim) -> str:
         error = UnknownWorkflowError(
             f"no workflow named {claim.name!r} is registered in this worker "
             f"(known: {sorted(self.registry)[:20]})"
@@ -112,3 +164,4 @@ class Runner:
         logger.error("%s", error)
         if ended and parent:
             publish_if_runnable(self.store, self.collaborators.dispatcher, parent)
+        return ser.dumps_error(error)

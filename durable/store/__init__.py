@@ -1,6 +1,7 @@
 """All SQL durable runs against its own tables, one module per concern:
-the execution path (claim, lease, checkpoints, end), the sweeper's queries,
-management (status, cancel, resume, fork), and messages and events."""
+the execution path (claim, lease, checkpoints, end), moving a workflow to
+another queue, the sweeper's queries, management (status, cancel, resume,
+fork), and messages and events."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ from .base import DedupConflict, StartResult
 from .execution import Claim, ExecutionSql, crash_text
 from .management import ManagementSql
 from .messages import Doorbell, MessagesSql
+from .rerouting import ReroutingSql
 from .sweeps import SweepSql
 
 __all__ = ["Claim", "DedupConflict", "Doorbell", "StartResult", "Store", "crash_text"]
 
 
-class Store(ExecutionSql, SweepSql, ManagementSql, MessagesSql):
+class Store(ReroutingSql, ExecutionSql, SweepSql, ManagementSql, MessagesSql):
     """The system database, as the engine, the sweeper and the client use it.
 
     Messages, events and event waiters reference their workflow with ON DELETE

@@ -49,10 +49,12 @@ class RecordingDispatcher:
     def __init__(self) -> None:
         self.pending: list[tuple[str, str]] = []
         self.published: list[str] = []
+        self.queues: list[tuple[str, str]] = []  # (workflow_id, queue) of every publish
 
     def publish(self, workflow_id: str, name: str, queue: str, priority: int = 0) -> bool:
         self.pending.append((workflow_id, name))
         self.published.append(workflow_id)
+        self.queues.append((workflow_id, queue))
         return True
 
 

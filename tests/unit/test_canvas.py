@@ -1,0 +1,121 @@
+"""Existing Celery canvases made durable: the same results Celery gives,
+each task a dispatched step whose result is checkpointed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from durable import Status
+
+from .conftest import Cluster, SimulatedCrash
+
+
+@pytest.fixture
+def tasks(cluster: Cluster) -> dict[str, Any]:
+    app: Celery = cluster.dur.celery
+    app.conf.task_routes = {"img.resize": {"queue": "images"}}
+    calls: list[str] = []
+
+    @app.task(name="img.resize", shared=False)
+    def resize(image_id: str, width: int) -> str:
+        calls.append(f"resize {image_id}")
+        return f"{image_id}@{width}"
+
+    @app.task(name="img.upload", shared=False)
+    def upload(path: str, bucket: str = "b") -> str:
+        calls.append(f"upload {path}")
+        return f"{bucket}/{path}"
+
+    @app.task(name="img.notify", shared=False)
+    def notify(message: str) -> str:
+        calls.append(f"notify {message}")
+        return message.upper()
+
+    @app.task(name="img.combine", shared=False)
+    def combine(parts: list[str]) -> str:
+        calls.append("combine")
+        return "+".join(parts)
+
+    return {"resize": resize, "upload": upload, "notify": notify, "combine": combine, "calls": calls}
+
+
+def test_a_chain_passes_results_as_celery_does(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    handle = dur.chain(
+        tasks["resize"].s("img-1", 128), tasks["upload"].s(bucket="thumbs"), tasks["notify"].si("done")
+    ).start(workflow_id="img-1")
+    cluster.drive()
+    assert handle.workflow_id == "img-1"
+    assert handle.result(timeout=0) == "DONE"  # .si(): the previous result is not passed
+    assert tasks["calls"] == ["resize img-1", "upload img-1@128", "notify done"]
+    assert cluster.status("img-1-0").queue == "images"  # Celery's routing for img.resize
+    assert cluster.status("img-1-2").name == "durable.task:img.upload"
+    assert cluster.status("img-1-2").queue == "celery"
+
+
+def test_group_and_chord(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    group = dur.group(*[tasks["resize"].s(i, 64) for i in ("a", "b", "c")]).start()
+    chord = dur.chord([tasks["resize"].s(i, 32) for i in ("x", "y")], tasks["combine"].s()).start()
+    cluster.drive()
+    assert group.result(timeout=0) == ["a@64", "b@64", "c@64"]
+    assert chord.result(timeout=0) == "x@32+y@32"
+
+
+def test_a_canvas_nested_in_a_group_runs_as_a_child_canvas(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    from celery import chain
+
+    dur = cluster.dur
+    handle = dur.group(
+        chain(tasks["resize"].s("p", 1), tasks["upload"].s()), tasks["notify"].s("side")
+    ).start()
+    cluster.drive()
+    assert handle.result(timeout=0) == ["b/p@1", "SIDE"]
+
+
+def test_a_crash_mid_chain_does_not_run_completed_tasks_again(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    app: Celery = dur.celery
+    crashed: list[bool] = []
+
+    @app.task(name="img.fragile", shared=False)
+    def fragile(path: str) -> str:
+        if not crashed:
+            crashed.append(True)
+            raise SimulatedCrash()
+        return f"ok {path}"
+
+    handle = dur.chain(tasks["resize"].s("z", 8), fragile.s()).start()
+    cluster.drive()
+    cluster.recover()
+    assert handle.result(timeout=0) == "ok z@8"
+    assert tasks["calls"] == ["resize z"]  # resize ran once, before and after the crash
+
+
+def test_bad_canvases_are_refused_before_anything_is_written(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    with pytest.raises(TypeError, match="signature"):
+        dur.chain(tasks["resize"].s("a", 1), "not a task")
+    with pytest.raises(ValueError, match="countdown"):
+        dur.chain(tasks["resize"].s("a", 1).set(countdown=10))
+    with pytest.raises(Exception, match="serializ"):
+        dur.chain(tasks["resize"].s(object(), 1)).start()
+    assert dur.list_workflows() == []
+
+
+def test_a_failing_task_fails_the_canvas_with_its_error(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+
+    @dur.celery.task(name="img.broken", shared=False)
+    def broken(path: str) -> None:
+        raise ValueError(f"cannot read {path}")
+
+    handle = dur.chain(tasks["resize"].s("q", 2), broken.s(), tasks["notify"].si("never")).start()
+    cluster.drive()
+    with pytest.raises(ValueError, match="cannot read q@2"):
+        handle.result(timeout=0)
+    assert handle.status().status is Status.ERROR
+    assert "notify never" not in tasks["calls"]
