@@ -21,9 +21,14 @@ class Settings:
     app_database_url: str = ""  # "" → the system database
     broker_url: str = ""  # "" → filesystem broker under home
     default_queue: str = "celery"
-    # A live execution renews its lease every lease_seconds / 3; a lease not
-    # renewed for lease_seconds marks the execution lost.
+    # A live execution's lease is renewed every lease_seconds / 3 (by the
+    # worker's main process on a prefork pool); a lease not renewed for
+    # lease_seconds marks the execution lost.
     lease_seconds: float = 5.0
+    # Where the lease is renewed from the execution's own process (threads
+    # or solo pool), a C call holding the GIL stops the renewal: the lease
+    # there is at least this long.
+    in_process_lease_seconds: float = 60.0
     sweep_interval_seconds: float = 1.0
     # An unleased runnable workflow not picked up this long after its message
     # was published gets published again (a lost or flushed broker message).
