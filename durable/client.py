@@ -76,7 +76,10 @@ class WorkflowHandle:
 
 
 def _error_info(text: str | None) -> ErrorInfo | None:
-    record = ser.loads_error(text)
+    try:
+        record = ser.loads_error(text)
+    except SerializationError as exc:  # a status page still shows the rest
+        return ErrorInfo("<unreadable>", str(exc), None)
     if not record:
         return None
     return ErrorInfo(record.get("type", ""), record.get("message", ""), record.get("traceback"))
