@@ -77,7 +77,8 @@ def run_workflow(task: Task, workflow_id: str, workflow_name: str | None = None)
     ERROR, or quarantined it, raises, so Flower and the events show a
     failed task with the error; the outcome is already committed, and a
     failed task's message is acknowledged as well."""
-    delivery = _runner_of(task.app).deliver(workflow_id, workflow_name)
+    delivered_on = (task.request.delivery_info or {}).get("routing_key")
+    delivery = _runner_of(task.app).deliver(workflow_id, workflow_name, delivered_on)
     if delivery.failed:
         raise WorkflowExecutionFailed(delivery)
     if delivery.ending is not None:

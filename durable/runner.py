@@ -85,8 +85,11 @@ class Runner:
         """What the message came to (see `Delivery.kind`)."""
         return self.deliver(workflow_id, workflow_name).kind
 
-    def deliver(self, workflow_id: str, workflow_name: str | None = None) -> Delivery:
-        """Claim the workflow, then execute, quarantine, reroute or reject it."""
+    def deliver(
+        self, workflow_id: str, workflow_name: str | None = None, delivered_on: str | None = None
+    ) -> Delivery:
+        """Claim the workflow, then execute, quarantine, reroute or reject it.
+        `delivered_on`: the queue the message came from, when known."""
         owner = self.owner()
         with self.store.db.pinned():
             claim = self._claim(workflow_id, workflow_name, owner)
@@ -97,8 +100,13 @@ class Runner:
             workflow = self.registry.get(claim.name)
             if workflow is None:
                 return Delivery("unknown", workflow_id, error=self._reject_unknown(claim))
-            if claim.recovered and workflow.on_crash_queue and workflow.on_crash_queue != claim.queue:
-                return self._reroute(claim, workflow.on_crash_queue)
+            if workflow.on_crash_queue:
+                if claim.recovered and workflow.on_crash_queue != claim.queue:
+                    return self._reroute(claim, workflow.on_crash_queue, crashed=True)
+                if delivered_on and delivered_on != claim.queue:
+                    # a message published before the move (a requeued or
+                    # swept one) must not run it on the pool it left
+                    return self._reroute(claim, claim.queue, crashed=False)
             self.leases.track(workflow_id, claim.epoch, owner)
             try:
                 ending = Execution(claim, owner, self.collaborators).run(workflow.fn)
@@ -106,14 +114,16 @@ class Runner:
                 self.leases.untrack(workflow_id)
             return Delivery("executed", workflow_id, ending, ending.error)
 
-    def _reroute(self, claim: Claim, queue: str) -> Delivery:
-        """The execution before this one died: the next attempt runs on
-        `queue`. The crash is noted against the step in flight (a dispatched
+    def _reroute(self, claim: Claim, queue: str, crashed: bool) -> Delivery:
+        """Release the claim and publish the workflow to `queue`. After a
+        crash, the crash is noted against the step in flight (a dispatched
         step's workflow has one step, #0)."""
         now = self.clock.now_ms()
-        step_name = claim.steps[0]["name"] if 0 in claim.steps else claim.name.split(":", 1)[-1]
-        attempts = claim.steps[0]["attempts"] if 0 in claim.steps else 0
-        crash = (0, step_name, crash_text(claim.last_death, step_name, attempts + 1))
+        crash = None
+        if crashed:
+            step_name = claim.steps[0]["name"] if 0 in claim.steps else claim.name.split(":", 1)[-1]
+            attempts = claim.steps[0]["attempts"] if 0 in claim.steps else 0
+            crash = (0, step_name, crash_text(claim.last_death, step_name, attempts + 1))
         moved = retry_while_unavailable(
             lambda: self.store.reroute(
                 claim.workflow_id, claim.epoch, queue, now,
@@ -121,11 +131,12 @@ class Runner:
             ),
             "moving a workflow to its on_crash_queue", clock=self.clock,
         )
-        if moved:
+        if moved and crashed:
             logger.warning(
                 "workflow %s lost its worker (%s): next attempt on queue %r",
                 claim.workflow_id, claim.last_death or "lease expired", queue,
             )
+        if moved:
             self.collaborators.dispatcher.publish(claim.workflow_id, claim.name, queue)
         return Delivery("rerouted", claim.workflow_id)
 

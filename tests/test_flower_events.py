@@ -69,3 +69,59 @@ def test_flower_sees_durable_tasks_by_name_and_workflow_id(backend, client, effe
 
 def _uuids(events: list[dict], workflow_id: str) -> set[str]:
     return {e["uuid"] for e in events if e.get("type") == "task-received" and workflow_id in e.get("args", "")}
+
+
+def test_flower_sees_dispatched_steps_by_name_and_failed_executions_as_failed(
+    backend, client, effects_dir, tmp_path
+):
+    worker = Worker(backend.env(effects_dir), tmp_path / "worker.log", queues="celery,heavy")
+    worker.args = [a for a in worker.args if a not in ("--without-heartbeat", "--without-gossip")]
+    worker.start()
+    monitor = Celery("flower-like", broker=backend.broker_url)
+    seen: list[dict] = []
+    stop = threading.Event()
+
+    def receive() -> None:
+        with monitor.connection() as conn:
+            receiver = monitor.events.Receiver(conn, handlers={"*": seen.append})
+            while not stop.is_set():
+                try:
+                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
+                except (TimeoutError, OSError):
+                    continue
+
+    listener = threading.Thread(target=receive, daemon=True)
+    listener.start()
+    try:
+        def events_flowing() -> bool:
+            monitor.control.enable_events()
+            client.enqueue("ten_steps").result(timeout=30)
+            return any(e.get("type") == "task-succeeded" for e in seen)
+
+        wait_for(events_flowing, 30, "task events after enable_events", interval_s=1.0)
+        ok = client.enqueue("heavy_and_light")
+        failing = client.enqueue("fails_in_a_step")
+        ok.result(timeout=30)
+        with pytest.raises(ValueError, match="refused on purpose"):
+            failing.result(timeout=30)
+
+        def names_of(workflow_id: str, kind: str) -> list[str]:
+            uuids = {e["uuid"]: e["name"] for e in seen
+                     if e.get("type") == "task-received" and repr(workflow_id) in e.get("args", "")}
+            return [uuids[e["uuid"]] for e in seen if e.get("type") == kind and e.get("uuid") in uuids]
+
+        step_id = f"{ok.workflow_id}-1"
+        wait_for(lambda: names_of(step_id, "task-succeeded"), 15, "the dispatched step's task-succeeded")
+        wait_for(lambda: names_of(failing.workflow_id, "task-failed"), 15, "the failed workflow's task-failed")
+    finally:
+        stop.set()
+        listener.join(timeout=5)
+        worker.stop()
+    assert names_of(step_id, "task-succeeded") == ["durable.step:heavy_work"]
+    assert names_of(f"{failing.workflow_id}-0", "task-failed") == ["durable.step:refuses"]
+    assert "durable:fails_in_a_step" in names_of(failing.workflow_id, "task-failed")
+    failed = [e for e in seen if e.get("type") == "task-failed"]
+    assert any("refused on purpose" in e.get("exception", "") for e in failed), failed
+    # the execution that suspended on its step is a success that says so
+    suspended = [e for e in seen if e.get("type") == "task-succeeded" and "suspended" in e.get("result", "")]
+    assert suspended

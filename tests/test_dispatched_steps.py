@@ -1,0 +1,150 @@
+"""Steps as Celery tasks on their own worker pools, against real Postgres,
+Redis and worker processes: routing, a killed step, a step that crashes its
+small pool and finishes on the big one, a step that keeps dying, existing
+Celery tasks through task_step and dur.chain surviving a flushed broker and
+a killed worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+from celery import signature
+
+from durable import Durable, Status
+from tests.dispatch_workflows import runs
+from tests.harness import Backend, Worker, wait_for
+
+
+@pytest.fixture
+def backend(pg_backend: Backend) -> Backend:
+    return pg_backend
+
+
+@pytest.fixture
+def pool(backend: Backend, effects_dir: Path, tmp_path: Path) -> Iterator[Callable[..., Worker]]:
+    """Starts a worker consuming `queues`, its pool named in DURABLE_TEST_POOL."""
+    started: list[Worker] = []
+
+    def start(name: str, queues: str, concurrency: int = 1) -> Worker:
+        worker = Worker(
+            backend.env(effects_dir, DURABLE_TEST_POOL=name), tmp_path / f"{name}-{len(started)}.log",
+            concurrency=concurrency, queues=queues, name=f"{name}{len(started)}",
+        )
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.kill_all()
+
+
+def _dur(backend: Backend) -> Durable:
+    return Durable(settings=backend.settings(redelivery_seconds=3.0))
+
+
+def test_a_step_on_queue_heavy_runs_only_on_the_heavy_pool(client, pool):
+    default = pool("default", "celery", concurrency=2)
+    heavy = pool("heavy", "heavy")
+    handle = client.enqueue("heavy_and_light")
+    result = handle.result(timeout=60)
+    ran = runs(handle.workflow_id)
+    assert {(what, where) for what, _, where in ran} == {
+        ("light1", "default"), ("heavy", "heavy"), ("light2", "default")
+    }
+    assert set(result["light"]) <= set(default.children())
+    assert result["heavy"] in heavy.children()
+    step = client.get(f"{handle.workflow_id}-1")
+    assert step.name == "durable.step:heavy_work" and step.queue == "heavy"
+
+
+def test_sigkill_of_the_child_running_a_dispatched_step(client, pool):
+    pool("default", "celery")
+    heavy = pool("heavy", "heavy")
+    handle = client.enqueue("heavy_and_light", kwargs={"pause_seconds": 30.0})
+    victim = wait_for(
+        lambda: next((pid for what, pid, _ in runs(handle.workflow_id) if what == "heavy"), None),
+        60, "the heavy step to start",
+    )
+    assert victim in heavy.children()
+    os.kill(victim, signal.SIGKILL)
+    result = handle.result(timeout=60)
+    ran = [what for what, _, _ in runs(handle.workflow_id)]
+    assert sorted(ran) == ["heavy", "heavy", "light1", "light2"]  # steps before it ran once
+    assert result["heavy"] != victim
+    [step] = client.list_steps(f"{handle.workflow_id}-1")
+    assert step.crashes == 1 and "SIGKILL" in (step.last_crash or ""), step
+    assert client.get(handle.workflow_id).recovery_attempts == 0  # the step's crash, not the workflow's
+
+
+def test_a_step_that_dies_on_the_small_pool_completes_on_the_big_one(client, pool):
+    pool("default", "celery")
+    pool("small", "small")
+    pool("big", "big")
+    handle = client.enqueue("memory_hungry")
+    assert handle.result(timeout=90) == "big"
+    assert [where for _, _, where in runs(handle.workflow_id)] == ["small", "big"]
+    step = client.get(f"{handle.workflow_id}-0")
+    assert step.queue == "big" and step.recovery_attempts == 1
+    [row] = client.list_steps(step.workflow_id)
+    assert row.crashes == 1
+
+
+def test_a_step_that_always_dies_fails_inside_the_workflow_after_max_recovery_attempts(client, pool):
+    pool("default", "celery")
+    pool("heavy", "heavy")
+    handle = client.enqueue("falls_back")
+    assert handle.result(timeout=120) == "fallback: AwaitedWorkflowMaxRecoveryAttemptsExceededError"
+    assert [what for what, _, _ in runs(handle.workflow_id)] == ["always_dies"] * 3
+    step = client.get(f"{handle.workflow_id}-0")
+    assert step.status is Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED
+    assert client.get(handle.workflow_id).status is Status.SUCCESS
+
+
+def test_task_step_fan_out_survives_a_flushed_broker(backend, client, pool):
+    import redis as redis_client
+
+    pool("default", "celery", concurrency=3)
+    key = "fan-out"
+    handle = client.enqueue("fan_out_stages", args=[key, ["a", "b", "c"], 3.0], workflow_id=key)
+    wait_for(lambda: len(runs(key)) == 3, 60, "the three stages to start")
+    redis_client.Redis.from_url(backend.broker_url).flushdb()  # every queued and unacked message gone
+    assert handle.result(timeout=90) == ["in>a", "in>b", "in>c"]
+    assert sorted(what for what, _, _ in runs(key)) == ["a", "b", "c"]  # none ran twice
+
+
+def test_a_chain_of_unchanged_celery_tasks_survives_a_killed_worker_and_a_flushed_broker(
+    backend, client, pool
+):
+    import redis as redis_client
+
+    worker = pool("default", "celery")
+    key = "chain-1"
+    dur = _dur(backend)
+    stages = [
+        signature("dispatch.stage", args=("img", "a", key)),
+        signature("dispatch.stage", args=("b", key)),
+        signature("dispatch.stage", args=("c", key, 30.0)),
+        signature("dispatch.stage", args=("d", key)),
+    ]
+    handle = dur.chain(*stages).start(workflow_id=key)
+    wait_for(lambda: any(what == "c" for what, _, _ in runs(key)), 60, "stage c to start")
+    worker.kill_all()  # the whole host: main process and children
+    redis_client.Redis.from_url(backend.broker_url).flushdb()
+    pool("default", "celery")
+    assert handle.result(timeout=90) == "img>a>b>c>d"
+    assert [what for what, _, _ in runs(key)] == ["a", "b", "c", "c", "d"]  # completed tasks not re-run
+    dur.store.db.dispose()
+
+
+def test_bad_dispatched_input_is_refused_before_anything_is_written(backend, client):
+    dur = _dur(backend)
+    with pytest.raises(TypeError):
+        dur.chain(signature("dispatch.stage", args=("x", "y", "z")), 42)
+    with pytest.raises(Exception, match="serializ"):
+        dur.chain(signature("dispatch.stage", args=(object(), "y", "z"))).start()
+    assert client.list_workflows() == []
+    dur.store.db.dispose()
