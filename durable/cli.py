@@ -9,6 +9,7 @@ import sys
 from typing import Any, Sequence
 
 from .client import DurableClient
+from .database import APP_TABLES, Database
 from .errors import DurableError
 from .records import Status
 
@@ -22,9 +23,23 @@ def _print_json(value: Any) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade durable's tables: once per deployment where
+    auto-migration is off (Postgres by default). Run it with DDL rights and
+    a direct connection (not through pgbouncer's transaction pooling)."""
     client = _client()
+    settings = client.settings
     revision = client.store.db.migrate()
-    print(f"durable schema at revision {revision} ({client.settings.resolved_database_url.split('@')[-1]})")
+    print(f"durable schema at revision {revision} ({settings.resolved_database_url.split('@')[-1]})")
+    if settings.app_database_url and settings.app_database_url != settings.resolved_database_url:
+        app_db = Database(
+            settings.app_database_url, history=APP_TABLES,
+            migration_lock_timeout_seconds=settings.migration_lock_timeout_seconds,
+        )
+        try:
+            revision = app_db.migrate()
+        finally:
+            app_db.dispose()
+        print(f"durable's application tables at revision {revision} ({settings.app_database_url.split('@')[-1]})")
     return 0
 
 

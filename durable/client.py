@@ -316,7 +316,11 @@ class DurableClient(Management):
         if celery_app is None:
             celery_app = Celery("durable-client", broker=self.settings.resolved_broker_url)
         celery_app = configure_app(celery_app, self.settings)
-        store = Store(Database(self.settings.resolved_database_url, echo=self.settings.sql_echo))
+        store = Store(Database(
+            self.settings.resolved_database_url, echo=self.settings.sql_echo,
+            auto_migrate=self.settings.auto_migrate,
+            migration_lock_timeout_seconds=self.settings.migration_lock_timeout_seconds,
+        ))
         super().__init__(store, CeleryDispatcher(celery_app), self.settings)
 
     def enqueue(

@@ -1,6 +1,7 @@
 """Connections to the system database: one SQLAlchemy engine per process
-(re-created after fork), SQLite tuned for several processes, Alembic
-migrations applied once, and a wait-out for a database that is down."""
+(re-created after fork), SQLite tuned for several processes, the schema
+migrated (or, where auto-migration is off, checked) once per process, and
+a wait-out for a database that is down."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .clock import SYSTEM_CLOCK, Clock
 from .db_errors import is_transient, is_unavailable
+from .errors import SchemaError
 from .retry import Backoff
 
 logger = logging.getLogger("durable.database")
@@ -49,11 +52,26 @@ APP_TABLES = SchemaHistory(_MIGRATIONS / "app_database", "durable_app_alembic_ve
 class Database:
     """A process-local engine for one database URL."""
 
-    def __init__(self, url: str, echo: bool = False, history: SchemaHistory = SYSTEM_TABLES):
+    def __init__(
+        self,
+        url: str,
+        echo: bool = False,
+        history: SchemaHistory = SYSTEM_TABLES,
+        auto_migrate: bool | None = None,
+        migration_lock_timeout_seconds: float = 60.0,
+    ):
+        """`auto_migrate`: migrate on first use (True) or only check the
+        schema (False); None: DURABLE_AUTO_MIGRATE when set, else on for
+        SQLite and off for Postgres (see Settings.auto_migrate)."""
         self.url = url
         self.history = history
         self.echo = echo
         self.dialect_name = url.split(":", 1)[0].split("+", 1)[0]
+        if auto_migrate is None:
+            flag = os.environ.get("DURABLE_AUTO_MIGRATE", "").strip().lower()
+            auto_migrate = flag in ("1", "true", "yes", "on") if flag else self.dialect_name == "sqlite"
+        self.auto_migrate = auto_migrate
+        self.migration_lock_timeout_seconds = migration_lock_timeout_seconds
         self._engine: Engine | None = None
         self._autocommit_engine: Engine | None = None
         self._pid = 0
@@ -210,23 +228,78 @@ class Database:
     # --- migrations ----------------------------------------------------------
 
     def ensure_schema(self) -> None:
-        if not self._migrated:
+        """Once per process: migrate (auto-migration on), or check that the
+        schema is the one this code expects and say what to do if not."""
+        if self._migrated:
+            return
+        if self.auto_migrate:
             self.migrate()
+        else:
+            self.check_schema()
+
+    def check_schema(self) -> str:
+        """The schema's revision, when it is this code's; SchemaError
+        otherwise. Reads one row: no lock, no DDL."""
+        head = _head(_alembic_config(self.history))
+        with self.engine.connect() as conn:
+            revision = self._current_revision(conn)
+            conn.rollback()
+        if revision != head:
+            raise self._mismatch(revision, head, migrating=False)
+        self._migrated = True
+        return revision
 
     def migrate(self) -> str:
-        """Bring durable's tables to the newest revision; safe from many processes at once."""
+        """Bring durable's tables to the newest revision; safe from many
+        processes at once (they queue on a lock, for at most
+        migration_lock_timeout_seconds)."""
         from alembic import command
 
         config = _alembic_config(self.history)
+        head = _head(config)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         with self._migration_lock() as conn:
-            if self._current_revision(conn) != _head(config):
+            revision = self._current_revision(conn)
+            if revision != head:
+                if revision is not None and revision not in _revisions(config):
+                    raise self._mismatch(revision, head, migrating=True)
                 config.attributes["connection"] = conn
-                command.upgrade(config, "head")
+                try:
+                    command.upgrade(config, "head")
+                except DBAPIError as exc:
+                    if _is_lock_timeout(exc):
+                        raise SchemaError(
+                            f"migrating {self._where()} waited over {self.migration_lock_timeout_seconds:g} s "
+                            "for a lock on durable's tables (a long transaction holds them): "
+                            "try again when it ends, or raise DURABLE_MIGRATION_LOCK_TIMEOUT_SECONDS"
+                        ) from exc
+                    raise
                 conn.commit()
             revision = self._current_revision(conn)
         self._migrated = True
         return revision or ""
+
+    def _mismatch(self, revision: str | None, head: str, migrating: bool) -> SchemaError:
+        where = self._where()
+        if revision is None:
+            return SchemaError(
+                f"durable's tables ({self.history.version_table}) do not exist in {where}: run "
+                "`durable migrate` once (auto-migration is off for this database; "
+                "DURABLE_AUTO_MIGRATE=1 turns it on)"
+            )
+        if revision in _revisions(_alembic_config(self.history)):
+            return SchemaError(
+                f"durable's tables in {where} are at revision {revision}, and this version of durable "
+                f"needs {head}: run `durable migrate` (auto-migration is off for this database)"
+            )
+        return SchemaError(
+            f"durable's tables in {where} are at revision {revision}, newer than this version of "
+            f"durable knows (its newest is {head}): this process runs older code than the one that "
+            "migrated the database; upgrade durable here" + ("" if migrating else " before starting it")
+        )
+
+    def _where(self) -> str:
+        return self.url.split("@")[-1]  # no credentials in messages
 
     @staticmethod
     def head_revision(history: SchemaHistory = SYSTEM_TABLES) -> str:
@@ -241,23 +314,59 @@ class Database:
 
     @contextmanager
     def _migration_lock(self) -> Iterator[Connection]:
+        timeout = self.migration_lock_timeout_seconds
+        busy = SchemaError(
+            f"could not take the migration lock on {self._where()} within {timeout:g} s: another "
+            "process is migrating (or hung while migrating); try again, or raise "
+            "DURABLE_MIGRATION_LOCK_TIMEOUT_SECONDS"
+        )
         if self.is_sqlite:
             engine = self.engine  # creates the file's folder: a fresh DURABLE_HOME has none
             lock_path = self.url.split("///", 1)[-1] + f".{self.history.version_table}.lock"
             with open(lock_path, "w") as lock_file:
-                fcntl.flock(lock_file, fcntl.LOCK_EX)
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if time.monotonic() >= deadline:
+                            raise busy from None
+                        time.sleep(0.05)
                 with engine.connect() as conn:
                     yield conn
             return
         with self.engine.connect() as conn:
-            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.history.lock_id})
+            # lock_timeout bounds the wait for the advisory lock and for the
+            # DDL's table locks alike
+            conn.execute(text(f"SET lock_timeout = '{int(timeout * 1000)}ms'"))
+            try:
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.history.lock_id})
+            except DBAPIError as exc:
+                conn.rollback()
+                conn.execute(text("RESET lock_timeout"))
+                conn.commit()
+                if _is_lock_timeout(exc):
+                    raise busy from exc
+                raise
             conn.commit()
             try:
                 yield conn
             finally:
                 conn.rollback()
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.history.lock_id})
+                conn.execute(text("RESET lock_timeout"))
                 conn.commit()
+
+
+def _is_lock_timeout(exc: DBAPIError) -> bool:
+    return getattr(exc.orig, "sqlstate", None) == "55P03"  # lock_not_available
+
+
+def _revisions(config: Any) -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
 
 
 def _alembic_config(history: SchemaHistory) -> Any:

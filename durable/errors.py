@@ -146,6 +146,11 @@ class DatabaseUnavailableError(DurableError):
     out of connections); nothing was written."""
 
 
+class SchemaError(DurableError):
+    """durable's tables are missing, older or newer than this code expects,
+    or could not be migrated (the migration lock was not granted in time)."""
+
+
 __all__ = [
     "DurableError",
     "WorkflowNotFoundError",
@@ -163,4 +168,5 @@ __all__ = [
     "WorkflowCancelledError",
     "NotInWorkflowError",
     "DatabaseUnavailableError",
+    "SchemaError",
 ]

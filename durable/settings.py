@@ -46,6 +46,15 @@ class Settings:
     app_version: str = ""
     imports: tuple[str, ...] = field(default_factory=tuple)
     sql_echo: bool = False
+    # Create or upgrade durable's tables on a process's first use of the
+    # database. None: on for SQLite (the embedded default), off for Postgres,
+    # where `durable migrate` runs once (DDL rights, and a session lock that
+    # pgbouncer's transaction pooling breaks); a process then only checks
+    # that the schema is the one its code expects.
+    auto_migrate: bool | None = None
+    # A migration waits this long for its lock (another process migrating, a
+    # long transaction on durable's tables), then fails saying so.
+    migration_lock_timeout_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -64,6 +73,8 @@ class Settings:
             raise ValueError("lease_seconds and sweep_interval_seconds must be > 0")
         if self.max_payload_bytes <= 0:
             raise ValueError("max_payload_bytes must be > 0")
+        if not self.migration_lock_timeout_seconds > 0:
+            raise ValueError("migration_lock_timeout_seconds must be > 0")
         if self.max_recovery_attempts < 0:
             raise ValueError("max_recovery_attempts must be >= 0")
         return self
@@ -110,7 +121,7 @@ def _parse(name: str, annotation: object, raw: str) -> Any:
             return float(raw)
         if kind == "int":
             return int(raw)
-        if kind == "bool":
+        if kind in ("bool", "bool | None"):
             return raw.strip().lower() in ("1", "true", "yes", "on")
         if kind.startswith("tuple"):
             return tuple(p.strip() for p in raw.split(",") if p.strip())

@@ -23,6 +23,12 @@ from tests.servers import THROWAWAY, Postgres, Redis
 
 Server = TypeVar("Server", Postgres, Redis)
 
+# Every test makes fresh databases and lets its processes (workers included:
+# they inherit this environment) create durable's tables on first use.
+# Postgres has that off by default (`durable migrate` runs once);
+# tests/test_schema_setting.py clears this to test the defaults.
+os.environ.setdefault("DURABLE_AUTO_MIGRATE", "1")
+
 
 @pytest.fixture(scope="session")
 def scratch_dir() -> Iterator[Path]:
