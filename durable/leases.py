@@ -1,10 +1,22 @@
-"""Keeps the leases of the executions running in this process alive.
+"""Keeps the leases of running executions alive.
 
-One daemon thread per process (started lazily, re-started after fork)
-renews every lease this process holds each lease_seconds / 3. A process
-that freezes (SIGSTOP, a stuck C call holding the GIL) stops renewing, its
-lease expires, and the sweeper hands the workflow to another worker; the
-frozen execution is then fenced out by the epoch when it wakes.
+In a prefork worker the worker's main process renews them
+(`ChildLeaseRenewer`): it runs no user code, so a step that holds the GIL
+in a C call (a regex, numpy, a C extension) for longer than the lease
+cannot starve the renewal, and it knows which of its pool children are
+alive. Every lease_seconds / 3 it extends, in one UPDATE, the leases that
+its live children hold on the workflows it handed them. A child that dies
+is no longer renewed for (and is reported at once by the pool watch); a
+whole worker that dies renews nothing, and its leases run out.
+
+Where there is no parent process (the threads or solo pool, or a runner
+driven by hand), `LeaseKeeper` renews from a daemon thread of the process
+that runs the executions (started lazily, re-started after fork), with a
+lease long enough that a GIL-holding call does not lose it
+(`in_process_lease_seconds` in a worker). A process that freezes (SIGSTOP)
+stops renewing, its lease expires, and the sweeper hands the workflow to
+another worker; the frozen execution is then fenced out by the epoch when
+it wakes.
 
 A lease that was not renewed is reported only if its execution still runs
 and another execution took the workflow over (or it was cancelled): an
@@ -17,8 +29,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Callable, Collection
 
 from .clock import SYSTEM_CLOCK, Clock
+from .dispatch import process_owner
+from .fork_guard import no_fork_meanwhile
 from .records import Status
 from .store import Store
 
@@ -26,10 +41,21 @@ logger = logging.getLogger("durable.leases")
 
 
 class LeaseKeeper:
+    """Renews, from a thread of this process, the leases its executions hold;
+    or only keeps count of them when the worker's main process renews
+    (`renewed_by_parent`)."""
+
     def __init__(self, store: Store, lease_seconds: float, clock: Clock = SYSTEM_CLOCK):
         self.store = store
         self.clock = clock
+        # the lease an execution here takes and keeps (the claim's length)
         self.lease_seconds = lease_seconds
+        # how often the thread renews: a third of the configured lease, even
+        # when the lease kept in-process is longer
+        self.interval_seconds = lease_seconds / 3
+        # set in a prefork worker's main process before it forks: its
+        # children leave their leases to it and start no thread
+        self.renewed_by_parent = False
         self._epochs: dict[str, int] = {}
         self._owner = ""
         self._lock = threading.Lock()
@@ -37,11 +63,23 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._pid = 0
 
+    def keep_in_process(self, lease_seconds: float) -> None:
+        """No parent renews here (threads or solo pool): take and keep leases
+        at least `lease_seconds` long, renewed every interval_seconds."""
+        self.renewed_by_parent = False
+        self.lease_seconds = max(self.lease_seconds, lease_seconds)
+
+    def holds(self, workflow_id: str) -> bool:
+        """Whether an execution in this process runs `workflow_id` now."""
+        with self._lock:
+            return workflow_id in self._epochs
+
     def track(self, workflow_id: str, epoch: int, owner: str) -> None:
         with self._lock:
             self._epochs[workflow_id] = epoch
             self._owner = owner
-        self._ensure_thread()
+        if not self.renewed_by_parent:
+            self._ensure_thread()
 
     def untrack(self, workflow_id: str) -> None:
         with self._lock:
@@ -56,9 +94,8 @@ class LeaseKeeper:
             self._thread.start()
 
     def _loop(self) -> None:
-        interval = self.lease_seconds / 3
         while True:
-            self._wake.wait(interval)
+            self._wake.wait(self.interval_seconds)
             try:
                 self.renew_once()
             except Exception as exc:  # noqa: BLE001 - retried next interval
@@ -99,3 +136,69 @@ class LeaseKeeper:
         if row["status"] == Status.CANCELLED.value:
             return "cancelled"
         return None
+
+
+class ChildLeaseRenewer:
+    """In a prefork worker's main process: every lease_seconds / 3, one UPDATE
+    extends the leases held by its live pool children.
+
+    `children()` gives the pids of the pool's children that have not been
+    reaped, `workflows()` the workflows whose messages the worker holds
+    (received or running). A lease is extended only when both match: a
+    workflow this worker handed out, held by one of its live children. A
+    child that died is reaped (and dropped from `children()`) before its
+    death is reported and its lease expired; the renewal reads both, and
+    writes, inside `no_fork_meanwhile()`, as that report does, so it never
+    extends a lease the report just expired.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        lease_seconds: float,
+        clock: Clock,
+        children: Callable[[], Collection[int]],
+        workflows: Callable[[], Collection[str]],
+        owner_of: Callable[[int], str] = process_owner,
+    ):
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self.children = children
+        self.workflows = workflows
+        self.owner_of = owner_of
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="durable-child-leases", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        failing = False
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                self.renew_once()
+                if failing:
+                    logger.info("renewing pool children's leases again")
+                failing = False
+            except Exception as exc:  # noqa: BLE001 - retried next interval
+                if not failing:
+                    logger.warning("could not renew pool children's leases: %s", exc)
+                failing = True
+
+    def renew_once(self) -> int:
+        """Renew now; returns how many leases were extended."""
+        with no_fork_meanwhile():  # no fork while inside the driver; and the lost-child report waits
+            owners = {self.owner_of(pid) for pid in self.children()}
+            workflow_ids = set(self.workflows())
+            if not owners or not workflow_ids:
+                return 0
+            until_ms = self.clock.now_ms() + int(self.lease_seconds * 1000)
+            return self.store.renew_leases_of(workflow_ids, owners, until_ms)

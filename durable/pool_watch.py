@@ -1,7 +1,20 @@
-"""Notice a dead pool child within half a second, not five.
+"""The worker's main process watches over its pool children: it notices a
+dead one within half a second, not five, and it renews the leases of the
+live ones.
 
-Celery's prefork pool (AsynPool, used whenever the worker runs its event
-loop, e.g. on Redis) learns that a child died from the child's sentinel
+Leases. On a prefork pool the main process renews every lease its live
+children hold (`leases.ChildLeaseRenewer`, a thread started here), and the
+children start no renewal thread of their own: a step holding the GIL in
+a C call cannot starve a renewal that runs in another process. The
+children to renew for are the pool's (those not reaped yet), the workflows
+those the worker received. On a pool without children (threads, solo) the
+executions' own process renews, with leases at least
+`in_process_lease_seconds` long. Both are decided in `PoolWatch.__init__`,
+which runs while the worker is built, before the pool forks: the children
+inherit the decision.
+
+Dead children. Celery's prefork pool (AsynPool, used whenever the worker
+runs its event loop, e.g. on Redis) learns that a child died from the child's sentinel
 pipe. When the pipe turns readable, the pool stops watching it and calls
 `maintain_pool`, which reaps exited children (`waitpid(WNOHANG)` through
 billiard's Popen), reports the task of a dead one as lost (WorkerLostError:
@@ -33,6 +46,10 @@ from typing import Any
 
 from celery import bootsteps
 
+from .dispatch import RUN_TASK
+from .leases import ChildLeaseRenewer
+from .runner import Runner
+
 logger = logging.getLogger("durable.pool_watch")
 
 CHECK_INTERVAL_SECONDS = 0.5
@@ -48,6 +65,49 @@ def _async_pool(worker: Any) -> Any:
     return inner if isinstance(inner, AsynPool) else None
 
 
+def _forks_children(worker: Any) -> bool:
+    """Whether the worker runs a prefork pool (with or without event loop)."""
+    try:
+        from celery.concurrency.prefork import TaskPool
+    except ImportError:  # pragma: no cover - platforms without prefork
+        return False
+    pool_cls = getattr(worker, "pool_cls", None)
+    return isinstance(pool_cls, type) and issubclass(pool_cls, TaskPool)
+
+
+def _runner(worker: Any) -> Runner | None:
+    task = worker.app.tasks.get(RUN_TASK)
+    runner = getattr(task, "durable_runner", None)
+    return runner if isinstance(runner, Runner) else None
+
+
+def _live_children(worker: Any) -> list[int]:
+    """Pids of the pool's children not reaped yet. Read from another thread
+    than the pool's: copying the list is one step under the GIL, and nothing
+    here waits on a child (billiard alone reaps them)."""
+    inner = getattr(getattr(worker, "pool", None), "_pool", None)
+    processes = list(getattr(inner, "_pool", None) or ())
+    return [pid for pid in (getattr(p, "pid", None) for p in processes) if pid]
+
+
+def _received_workflows() -> list[str]:
+    """Workflows whose messages this worker holds: received or running."""
+    from celery.worker import state
+
+    for _ in range(10):
+        try:  # the consumer adds requests from another thread meanwhile
+            requests = list(state.reserved_requests) + list(state.active_requests)
+            break
+        except RuntimeError:
+            continue
+    else:
+        return []
+    return [
+        str(r.args[0]) for r in requests
+        if getattr(r, "type", None) == RUN_TASK and getattr(r, "args", None)  # `name` is the shadow
+    ]
+
+
 class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped: its classes are Any
     """Calls the prefork pool's maintain_pool every CHECK_INTERVAL_SECONDS."""
 
@@ -56,6 +116,23 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
 
     def __init__(self, worker: Any, **kwargs: Any):
         self._entry: Any = None
+        self._renewer: ChildLeaseRenewer | None = None
+        runner = _runner(worker)
+        if runner is None:
+            return
+        if _forks_children(worker):
+            runner.leases.renewed_by_parent = True
+            self._renewer = ChildLeaseRenewer(
+                runner.store, runner.leases.lease_seconds, runner.clock,
+                children=lambda: _live_children(worker), workflows=_received_workflows,
+            )
+        else:
+            runner.leases.keep_in_process(runner.settings.in_process_lease_seconds)
+
+    def start(self, worker: Any) -> None:
+        if self._renewer is not None:
+            self._renewer.start()
+            logger.debug("renewing pool children's leases every %.2f s", self._renewer.lease_seconds / 3)
 
     def register_with_event_loop(self, worker: Any, hub: Any) -> None:
         # Called again when the consumer restarts after a lost broker
@@ -68,9 +145,11 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
 
     def stop(self, worker: Any) -> None:
         self._cancel()
+        if self._renewer is not None:
+            self._renewer.stop()
 
     def terminate(self, worker: Any) -> None:
-        self._cancel()
+        self.stop(worker)
 
     def _cancel(self) -> None:
         if self._entry is not None:

@@ -60,7 +60,7 @@ def sweep_once(
 
 def reclaim_local_leases(
     store: Store, host: str, now_ms: int,
-    is_gone: Callable[[int, int], bool] = process_is_gone,
+    is_gone: Callable[[int, int, int], bool] = process_is_gone,
 ) -> list[str]:
     """Expire at once the leases held by processes of this host that are
     gone (a worker restarted after a SIGKILL or an OOM kill finds its own
@@ -69,7 +69,7 @@ def reclaim_local_leases(
     dead = []
     for lease in store.live_leases_of_host(host, now_ms):
         pid = owner_pid(lease["lease_owner"], host)
-        if pid is not None and is_gone(pid, lease["lease_expires_at_ms"]):
+        if pid is not None and is_gone(pid, lease["lease_expires_at_ms"], now_ms):
             dead.append(lease)
     if not dead:
         return []

@@ -8,8 +8,9 @@ key and is detected, never silently accepted."""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from sqlalchemy import BigInteger, Integer, String, Text, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
@@ -19,11 +20,14 @@ from sqlalchemy.types import TypeEngine
 
 from ..database import Database
 from ..errors import MaxRecoveryAttemptsExceededError
+from ..local_processes import owner_alive_here
 from ..serialization import dumps_error
 from ..records import ACTIVE_STATUSES, Status, StepStatus
 from ..schema import steps, workflows
 from .base import S, StoreBase, W
 from .prebuilt import Prebuilt
+
+logger = logging.getLogger("durable.store")
 
 _STEP_COLUMNS = (
     "workflow_id", "step_id", "name", "status", "output", "error", "attempt_errors",
@@ -85,6 +89,7 @@ class ExecutionSql(StoreBase):
         lease_ms: int,
         default_max_recovery: Callable[[str], int] = lambda name: 10,
         name_hint: str | None = None,
+        owner_alive: Callable[[str, int, int], bool] = owner_alive_here,
     ) -> Claim | None:
         """Take the lease if nobody holds a live one. A previous execution that
         still held a lease was lost: that counts as a recovery, in the same
@@ -92,14 +97,20 @@ class ExecutionSql(StoreBase):
 
         `name_hint` is the workflow name the message carried (the row's name,
         as published): with it, the common case, an unleased workflow, is
-        claimed by one UPDATE ... RETURNING."""
+        claimed by one UPDATE ... RETURNING.
+
+        `owner_alive(owner, lease_expires_at_ms, now_ms)` tells whether the
+        holder of an expired lease is a process known to be still alive (by
+        default: on this host): taking over from it counts no recovery."""
         if name_hint is not None:
             claim = self._claim_unleased(
                 workflow_id, owner, now_ms, lease_ms, default_max_recovery(name_hint)
             )
             if claim is not None:
                 return claim
-        return self._claim_lost_or_none(workflow_id, owner, now_ms, lease_ms, default_max_recovery)
+        return self._claim_lost_or_none(
+            workflow_id, owner, now_ms, lease_ms, default_max_recovery, owner_alive
+        )
 
     def _claim_unleased(
         self, workflow_id: str, owner: str, now_ms: int, lease_ms: int, default_max_recovery: int
@@ -128,9 +139,12 @@ class ExecutionSql(StoreBase):
         now_ms: int,
         lease_ms: int,
         default_max_recovery: Callable[[str], int],
+        owner_alive: Callable[[str, int, int], bool] = owner_alive_here,
     ) -> Claim | None:
         """The claim of a workflow whose lease expired (its execution was
-        lost), or None: ended, missing, or a live execution holds it."""
+        lost), or None: ended, missing, or a live execution holds it. A lease
+        whose holder is known alive (it froze, or nobody could renew for it)
+        is taken over, and fenced out, without counting a recovery."""
         with self.db.begin() as conn:
             row = conn.execute(
                 select(
@@ -144,6 +158,13 @@ class ExecutionSql(StoreBase):
             if row["lease_owner"] is not None and (row["lease_expires_at_ms"] or 0) > now_ms:
                 return None  # a live execution holds it
             recovered = row["lease_owner"] is not None
+            if recovered and owner_alive(row["lease_owner"], row["lease_expires_at_ms"] or 0, now_ms):
+                recovered = False  # nothing crashed: no recovery to count
+                logger.warning(
+                    "workflow %s: taking over the expired lease of %s, a process still alive "
+                    "(frozen, or its lease was not renewed); not counted as a recovery",
+                    workflow_id, row["lease_owner"],
+                )
             attempts = row["recovery_attempts"] + (1 if recovered else 0)
             max_recovery = row["max_recovery_attempts"]
             if max_recovery is None:
@@ -230,6 +251,27 @@ class ExecutionSql(StoreBase):
                 if not renewed:
                     lost.add(workflow_id)
         return lost
+
+    def renew_leases_of(
+        self, workflow_ids: Collection[str], owners: Collection[str], until_ms: int
+    ) -> int:
+        """Extend, in one statement, the leases of these workflows that these
+        owners hold (a worker's main process renewing for its live pool
+        children); returns how many were extended. The workflow IDs keep it
+        on the primary key."""
+        if not workflow_ids or not owners:
+            return 0
+        with self.db.begin() as conn:
+            renewed: int = conn.execute(
+                update(workflows)
+                .where(
+                    W.workflow_id.in_(sorted(workflow_ids)),
+                    W.lease_owner.in_(sorted(owners)),
+                    W.status == Status.PENDING.value,
+                )
+                .values(lease_expires_at_ms=until_ms)
+            ).rowcount
+        return renewed
 
     def live_leases_of_host(self, host: str, now_ms: int) -> list[dict[str, Any]]:
         """Unexpired leases held by processes of `host` (owners "host:pid")."""
