@@ -425,6 +425,63 @@ class Bench:
                 finally:
                     self.stop_workers(w)
 
+    # canvases ----------------------------------------------------------------------
+
+    def chains(self) -> None:
+        """`dur.chain` of 10 no-op Celery tasks (each a dispatched step: its
+        own Celery task, its result checkpointed before its ack) against
+        Celery's own `chain` of the same 10 tasks with acks_late, by default
+        (results stored) and careful (intermediate results not stored). Same
+        worker count (2 prefork children), same Redis."""
+        from celery import chain
+
+        count = 30 if self.quick else 100
+        rounds = 2 if self.quick else 3
+        systems = [s for s in ("durable", "celery", "celery-careful") if s in self.systems]
+        raw = self.results["raw"].setdefault("chains", [])
+        for r in range(rounds):
+            for system in (systems if r % 2 == 0 else list(reversed(systems))):
+                log(f"chains round {r + 1}/{rounds}: {system}")
+                if system in CELERY_SYSTEMS:
+                    self.flush_celery()
+                w = self.start_workers(system)
+                try:
+                    for label, n in (("warm", 2), ("run", count)):
+                        prefix = f"ch-{label}-{system}-{r}-"
+                        t0 = time.time()
+                        if system == "durable":
+                            from benchmarks.workloads import noop_task
+
+                            for i in range(n):
+                                self.dur.chain(*[noop_task.si(k) for k in range(10)]).start(workflow_id=f"{prefix}{i}")
+                            _, last_ms = wait_until(
+                                lambda: (lambda c: c if c[0] >= n else None)(self.canvases_done(prefix)),
+                                300, f"{n} durable chains", 0.05)
+                            secs = last_ms / 1000 - t0
+                        else:
+                            from benchmarks.celery_app import noop
+
+                            handles = []
+                            for i in range(n):
+                                tasks = [noop.si(k) for k in range(10)]
+                                if system == "celery-careful":
+                                    tasks = [t.set(ignore_result=True) for t in tasks[:-1]] + tasks[-1:]
+                                handles.append(chain(*tasks).apply_async())
+                            for h in handles:
+                                h.get(timeout=300, interval=0.01)
+                            secs = time.time() - t0
+                    raw.append(dict(system=system, round=r, chains=count, seconds=secs, chains_per_s=count / secs))
+                    log(f"  {count / secs:.1f} chains/s ({count * 10 / secs:.0f} tasks/s)")
+                finally:
+                    self.stop_workers(w)
+
+    def canvases_done(self, prefix: str) -> tuple[int, int | None]:
+        row = self.sql.execute(
+            "SELECT count(*), max(completed_at_ms) FROM durable_workflows "
+            "WHERE workflow_id LIKE %s AND name = 'durable.canvas' AND status = 'SUCCESS'",
+            (prefix + "%",)).fetchone()
+        return row[0], row[1]
+
     # recovery ----------------------------------------------------------------------
 
     def _marker_lines(self, tag: str) -> list[tuple[int, int, float]]:
@@ -598,6 +655,20 @@ class Bench:
                             pairs.append(a[0]["workflows_per_s"] / b[0]["workflows_per_s"])
                     if pairs:
                         t[f"{ours}_vs_{other}"] = median(pairs)
+        ch = self.results["raw"].get("chains", [])
+        if ch:
+            out = s["chains"] = {}
+            for sys_ in sorted({r["system"] for r in ch}):
+                out[sys_] = dict(chains_per_s=median([r["chains_per_s"] for r in ch if r["system"] == sys_]))
+            for other in ("celery", "celery-careful"):
+                pairs = []
+                for rd in sorted({r["round"] for r in ch}):
+                    a = [r for r in ch if r["round"] == rd and r["system"] == "durable"]
+                    b = [r for r in ch if r["round"] == rd and r["system"] == other]
+                    if a and b:
+                        pairs.append(a[0]["chains_per_s"] / b[0]["chains_per_s"])
+                if pairs:
+                    out[f"durable_vs_{other}"] = median(pairs)
         rec = self.results["raw"].get("recovery", [])
         if rec:
             out = s["recovery"] = {}
@@ -632,6 +703,16 @@ class Bench:
         s = self.results["summary"]
         lines = []
         f = lambda v, fmt="{:.1f}": "-" if v is None else fmt.format(v)  # noqa: E731
+        if "chains" in s:
+            c = s["chains"]
+            lines.append("Chains of 10 no-op Celery tasks (2 worker processes): dur.chain vs Celery's chain with acks_late")
+            for sys_ in ("durable", "celery", "celery-careful"):
+                if sys_ in c:
+                    lines.append(f"  {sys_:16} {f(c[sys_]['chains_per_s'])} chains/s")
+            for other in ("celery", "celery-careful"):
+                if f"durable_vs_{other}" in c:
+                    lines.append(f"  durable / {other}: {f(c[f'durable_vs_{other}'], '{:.2f}')}x (median of per-round ratios)")
+            lines.append("")
         if "throughput" in s:
             t = s["throughput"]
             lines.append("Throughput (workflows of 10 no-op steps, 2 worker processes) and per-step overhead (1 workflow of 1000 steps; --quick: 200)")
@@ -677,7 +758,7 @@ class Bench:
         return "\n".join(lines)
 
     def run(self) -> int:
-        parts = self.args.only.split(",") if self.args.only else ["throughput", "recovery", "replay", "memory"]
+        parts = self.args.only.split(",") if self.args.only else ["throughput", "recovery", "replay", "memory", "chains"]
         self.systems = [s for s in SYSTEMS if s in self.args.systems.split(",")]
         started = time.time()
         try:
@@ -706,7 +787,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer workflows and rounds (~1.5 min)")
-    p.add_argument("--only", default="", help="comma list of: throughput,recovery,replay,memory")
+    p.add_argument("--only", default="", help="comma list of: throughput,recovery,replay,memory,chains")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of: " + ",".join(SYSTEMS))
     p.add_argument("--dbos-concurrency", type=int, default=8,
                    help="DBOS worker_concurrency per process (2 processes); with 1, one dequeue per poll caps DBOS at 2/poll wf/s")

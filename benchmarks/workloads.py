@@ -21,6 +21,12 @@ def _mark(name: str, text: str) -> None:
         f.write(text + "\n")
 
 
+@dur.celery.task(name="bench.noop_task")
+def noop_task(i: int) -> int:
+    """A plain Celery task, for `dur.chain` against Celery's own chain."""
+    return i
+
+
 @dur.step(name="bench.noop")
 def noop(i: int) -> int:
     return i

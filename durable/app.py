@@ -13,7 +13,7 @@ from celery import Celery
 from celery.canvas import chain as celery_chain, chord as celery_chord, group as celery_group
 
 from . import celery_binding
-from .canvas import CANVAS_WORKFLOW, Canvas, CanvasRunner, describe, signatures
+from .canvas import CANVAS_WORKFLOW, Canvas, CanvasRunner, ChainContinuations, describe, signatures
 from .client import Management, WorkflowHandle
 from .clock import SYSTEM_CLOCK, Clock
 from .context import in_workflow_code
@@ -193,13 +193,18 @@ class Durable(Management):
         if celery_app is None:
             celery_app = Celery("durable", broker=self.settings.resolved_broker_url)
         self.celery = configure_app(celery_app, self.settings)
-        store = Store(Database(self.settings.resolved_database_url, echo=self.settings.sql_echo))
+        store = Store(Database(
+            self.settings.resolved_database_url, echo=self.settings.sql_echo,
+            auto_migrate=self.settings.auto_migrate,
+            migration_lock_timeout_seconds=self.settings.migration_lock_timeout_seconds,
+        ))
         super().__init__(store, dispatcher or CeleryDispatcher(self.celery), self.settings, clock)
         self.registry = Registry(self)
         self.transactions = Transactions(self.settings, store.db, clock)
         collaborators = Collaborators(
             store=store, dispatcher=self.dispatcher, settings=self.settings, clock=clock,
             transactions=self.transactions, messaging=Messaging(),
+            continuations=ChainContinuations(self, self.celery),
         )
         self.runner = Runner(collaborators, self.registry)
         self._canvas_workflow: WorkflowFunction[Any] = self.workflow(name=CANVAS_WORKFLOW)(

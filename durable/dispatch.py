@@ -40,6 +40,13 @@ def celery_task_name(workflow_name: str) -> str:
     return RUN_TASK
 
 
+def is_durable_task(celery_task: str | None) -> bool:
+    """A Celery task that carries durable messages (args: workflow ID, name)."""
+    return celery_task == RUN_TASK or (
+        celery_task is not None and celery_task.startswith((STEP_PREFIX, TASK_PREFIX))
+    )
+
+
 def display_name(workflow_name: str) -> str:
     """What Flower and the worker's log call the message."""
     if workflow_name.startswith(TASK_PREFIX):

@@ -96,24 +96,34 @@ class Dispatched:
             return self.host.settings.default_queue
         return celery_route(self.celery, self.celery_task_name, args, kwargs, options)
 
-    def spawn(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: Mapping[str, Any] | None = None
-    ) -> WorkflowHandle:
-        """Start the step on its queue; inside a workflow, as a child whose
-        ID the parent's history fixes."""
-        options = options or {}
-        execution = in_workflow_code()
-        row = new_workflow_row(
+    def row(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: Mapping[str, Any],
+        workflow_id: str | None,
+    ) -> dict[str, Any]:
+        """The row of one run of the step (checked and serialized here)."""
+        return new_workflow_row(
             self.host.settings,
             name=self.workflow_name,
             args=args,
             kwargs=kwargs,
-            workflow_id="" if execution is not None else None,
+            workflow_id=workflow_id,
             queue=self.queue_for(args, kwargs, options),
             priority=int(options.get("priority") or 0),
             max_recovery_attempts=self.max_recovery_attempts,
             clock=self.host.clock,
         )
+
+    def spawn(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], options: Mapping[str, Any] | None = None,
+        continuation: str | None = None,
+    ) -> WorkflowHandle:
+        """Start the step on its queue; inside a workflow, as a child whose
+        ID the parent's history fixes. `continuation`: what its end starts
+        next (a static chain, canvas.py)."""
+        execution = in_workflow_code()
+        row = self.row(args, kwargs, options or {}, "" if execution is not None else None)
+        if continuation is not None:
+            row["continuation"] = continuation
         if execution is not None:
             return WorkflowHandle(execution.start_child(row, self.workflow_name), self.host)
         workflow_id = start_workflow(

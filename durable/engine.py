@@ -113,6 +113,12 @@ class Position:
         return self.row is not None and self.row["status"] != StepStatus.RETRYING.value
 
 
+class Continuations(Protocol):
+    """Builds the next workflow of a static chain when one ends (canvas.py)."""
+
+    def next_row(self, claim: Claim, output: str) -> dict[str, Any] | None: ...
+
+
 @dataclass(frozen=True)
 class Ending:
     """How an execution stopped: "SUCCESS" or "ERROR" (it ended the workflow,
@@ -133,6 +139,7 @@ class Collaborators:
     clock: Clock
     transactions: TransactionalSteps | None = None
     messaging: WorkflowMessaging | None = None
+    continuations: Continuations | None = None
 
 
 class Execution:
@@ -177,13 +184,23 @@ class Execution:
                 return Ending(Status.SUCCESS.value if ended else "fenced")
 
     def _finish(self, status: Status, output: str | None = None, error: str | None = None) -> bool:
+        next_row = None
+        if status is Status.SUCCESS and self.claim.continuation and output is not None:
+            try:
+                if self.collaborators.continuations is None:
+                    raise RuntimeError("this execution was given no chain continuations")
+                next_row = self.collaborators.continuations.next_row(self.claim, output)
+            except Exception as exc:  # the chain cannot go on: this link fails, its parent learns why
+                status, output, error = Status.ERROR, None, ser.dumps_error(exc)
         ended, parent = retry_while_unavailable(
             lambda: self.store.finish(
                 self.workflow_id, self.epoch, status, self.clock.now_ms(), output, error,
-                has_parent=self.claim.parent_workflow_id is not None,
+                has_parent=self.claim.parent_workflow_id is not None, next_row=next_row,
             ),
             "ending a workflow", clock=self.clock,
         )
+        if ended and next_row is not None:
+            self.dispatcher.publish(next_row["workflow_id"], next_row["name"], next_row["queue"], next_row["priority"])
         if ended and parent:
             publish_if_runnable(self.store, self.dispatcher, parent)
         return ended
@@ -433,6 +450,33 @@ class Execution:
             return str(self.resolve_conflict(position.step_id)["child_workflow_id"])
         self.dispatcher.publish(child_id, name, child_row["queue"], child_row["priority"])
         return str(child_id)
+
+    def await_sequence(self, workflow_ids: list[str]) -> Any:
+        """The outcome of workflows each started by the end of the one before
+        (a static chain): the error of the first that did not succeed, else
+        the last one's output. Each of them wakes this workflow only if it
+        fails or is the last, so it waits suspended until then."""
+        position = self.reserve("durable.chain.result")
+        if position.final:
+            return self.replay(position.row or {})
+        outcomes = retry_while_unavailable(
+            lambda: self.store.outcomes(workflow_ids), "reading a chain's outcomes", clock=self.clock
+        )
+        for workflow_id in workflow_ids:
+            outcome = outcomes.get(workflow_id)
+            if outcome is None or outcome["status"] in (Status.ENQUEUED.value, Status.PENDING.value):
+                raise Suspend(None)  # the chain goes on; its end or a failure wakes us
+            if outcome["status"] != Status.SUCCESS.value:
+                error = ser.outcome_error(workflow_id, outcome["status"], outcome["error"])
+                existing = self.record(self.outcome(
+                    position, StepStatus.ERROR, error=ser.dumps_error(error), child_workflow_id=workflow_id
+                ))
+                if existing is not None:
+                    return self.replay(existing)
+                raise error
+        last = workflow_ids[-1]
+        output = outcomes[last]["output"]
+        return self.record_success(position, output, ser.loads(output), child_workflow_id=last)
 
     def await_workflow(self, workflow_id: str, timeout: float | None = None) -> Any:
         """A workflow's outcome; suspends until it ends. With a timeout, its

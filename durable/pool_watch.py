@@ -46,7 +46,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from .dispatch import RUN_TASK
+from .dispatch import RUN_TASK, is_durable_task
 from .leases import ChildLeaseRenewer
 from .runner import Runner
 
@@ -104,7 +104,7 @@ def _received_workflows() -> list[str]:
         return []
     return [
         str(r.args[0]) for r in requests
-        if getattr(r, "type", None) == RUN_TASK and getattr(r, "args", None)  # `name` is the shadow
+        if is_durable_task(getattr(r, "type", None)) and getattr(r, "args", None)  # `name` is the shadow
     ]
 
 

@@ -54,6 +54,8 @@ workflows = Table(
     Column("executor", String(255), nullable=True),
     Column("parent_workflow_id", String(255), nullable=True),
     Column("last_death", Text, nullable=True),
+    # JSON: the rest of a static chain, started by this workflow's end (canvas.py)
+    Column("continuation", Text, nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
     Column("started_at_ms", BigInteger, nullable=True),

@@ -84,7 +84,10 @@ class Transactions:
         self.separate = bool(settings.app_database_url) and (
             settings.app_database_url != settings.resolved_database_url
         )
-        self.app_db = Database(settings.app_database_url, history=APP_TABLES) if self.separate else system_db
+        self.app_db = Database(
+            settings.app_database_url, history=APP_TABLES, auto_migrate=settings.auto_migrate,
+            migration_lock_timeout_seconds=settings.migration_lock_timeout_seconds,
+        ) if self.separate else system_db
 
     def run_outside(self, step: Step, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Called outside a workflow: an ordinary transaction, no checkpoint."""

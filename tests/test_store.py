@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
@@ -185,7 +186,9 @@ def test_upgrade_from_0002_keeps_steps_and_drops_their_foreign_key(store: Store)
         conn.commit()
     store.db._migrated = True  # stay at 0002 while the rows go in
     store.insert_workflow(new_row(workflow_id="old"))
-    claim = store.claim("old", "o", NOW, LEASE)
+    with store.db.begin() as conn:  # claimed as a 0002 worker would (today's claim reads later columns)
+        conn.execute(text("UPDATE durable_workflows SET status = 'PENDING', lease_epoch = 1 WHERE workflow_id = 'old'"))
+    claim = SimpleNamespace(epoch=1)
     assert store.write_step(claim.epoch, step_values("old", 0))
     with store.db.engine.connect() as conn:
         assert inspect(conn).get_foreign_keys("durable_steps") != []

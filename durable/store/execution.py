@@ -58,6 +58,7 @@ class Claim:
     deadline_at_ms: int | None
     last_death: str | None
     steps: dict[int, dict[str, Any]]
+    continuation: str | None = None  # the rest of a static chain (canvas.py)
 
     @classmethod
     def of(cls, workflow_id: str, row: Mapping[str, Any] | RowMapping, **decided: Any) -> "Claim":
@@ -65,7 +66,7 @@ class Claim:
         return cls(
             workflow_id=workflow_id, name=row["name"], inputs=row["inputs"], queue=row["queue"],
             parent_workflow_id=row["parent_workflow_id"], deadline_at_ms=row["deadline_at_ms"],
-            last_death=row["last_death"], **decided,
+            last_death=row["last_death"], continuation=row.get("continuation"), **decided,
         )
 
 
@@ -150,7 +151,7 @@ class ExecutionSql(StoreBase):
                 select(
                     W.name, W.status, W.lease_owner, W.lease_epoch, W.lease_expires_at_ms,
                     W.recovery_attempts, W.max_recovery_attempts, W.inputs, W.queue,
-                    W.parent_workflow_id, W.deadline_at_ms, W.last_death,
+                    W.parent_workflow_id, W.deadline_at_ms, W.last_death, W.continuation,
                 ).where(W.workflow_id == workflow_id)
             ).mappings().first()
             if row is None or row["status"] not in ACTIVE_STATUSES:
@@ -409,12 +410,23 @@ class ExecutionSql(StoreBase):
         output: str | None = None,
         error: str | None = None,
         has_parent: bool = True,
+        next_row: dict[str, Any] | None = None,
     ) -> tuple[bool, str | None]:
         """End the execution's workflow; wake its parent in the same transaction.
         Returns (ended, parent_workflow_id). Without a parent the end is one
-        statement."""
+        statement. With `next_row` (the next workflow of a static chain, a
+        sibling with the same parent) the end inserts it instead: the parent
+        is woken by the chain's last workflow, or by one that fails."""
         params = dict(wid=workflow_id, epoch=epoch, new_status=status.value, out=output,
                       err=error, now=now_ms)
+        if next_row is not None:
+            with self.db.begin() as conn:
+                row = self._finish_stmt.first(params, conn)
+                if row is None:
+                    return False, None
+                values = {f"v_{k}": v for k, v in next_row.items()}
+                self._insert_statement(tuple(sorted(next_row))).first(values, conn)
+            return True, None
         if not has_parent:
             row = self._finish_stmt.first(params)
             if row is None:
@@ -431,6 +443,14 @@ class ExecutionSql(StoreBase):
             if parent:
                 self._wake(conn, parent, now_ms)
         return True, parent
+
+    def outcomes(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """Status, output and error of these workflows (those that exist)."""
+        with self.db.begin() as conn:
+            rows = conn.execute(
+                select(W.workflow_id, W.status, W.output, W.error).where(W.workflow_id.in_(workflow_ids))
+            ).mappings().all()
+        return {row["workflow_id"]: dict(row) for row in rows}
 
     def suspend(
         self, workflow_id: str, epoch: int, wake_at_ms: int | None, now_ms: int
@@ -479,7 +499,7 @@ def _build_claim_unleased() -> ExecutableReturnsRows:
         )
         .returning(
             W.name, W.lease_epoch, W.recovery_attempts, W.max_recovery_attempts, W.inputs,
-            W.queue, W.parent_workflow_id, W.deadline_at_ms, W.last_death,
+            W.queue, W.parent_workflow_id, W.deadline_at_ms, W.last_death, W.continuation,
             has_steps.label("has_steps"),
         )
     )

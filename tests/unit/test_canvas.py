@@ -47,13 +47,29 @@ def test_a_chain_passes_results_as_celery_does(cluster: Cluster, tasks: dict[str
     handle = dur.chain(
         tasks["resize"].s("img-1", 128), tasks["upload"].s(bucket="thumbs"), tasks["notify"].si("done")
     ).start(workflow_id="img-1")
-    cluster.drive()
+    # the canvas workflow runs twice (start, end); each task's end starts the next
+    assert cluster.drive() == ["executed"] * 5
     assert handle.workflow_id == "img-1"
     assert handle.result(timeout=0) == "DONE"  # .si(): the previous result is not passed
     assert tasks["calls"] == ["resize img-1", "upload img-1@128", "notify done"]
     assert cluster.status("img-1-0").queue == "images"  # Celery's routing for img.resize
-    assert cluster.status("img-1-2").name == "durable.task:img.upload"
-    assert cluster.status("img-1-2").queue == "celery"
+    upload = cluster.status("img-1-0-1")
+    assert upload.name == "durable.task:img.upload" and upload.queue == "celery"
+    assert upload.parent_workflow_id == "img-1"
+
+
+def test_a_static_chain_survives_a_lost_message_between_links(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    handle = dur.chain(tasks["resize"].s("m", 1), tasks["upload"].s(), tasks["notify"].si("x")).start()
+    for _ in range(2):  # the canvas and the first link; the second link's message...
+        dur.runner.execute(*cluster.dispatcher.pending.pop(0))
+    assert len(cluster.dispatcher.pending) == 1
+    cluster.dispatcher.pending.clear()  # ...is lost with the broker
+    cluster.clock.advance(dur.settings.redelivery_seconds + 1)
+    cluster.sweep()  # the row is the truth: the sweeper publishes the link again
+    cluster.drive()
+    assert handle.result(timeout=0) == "X"
+    assert tasks["calls"] == ["resize m", "upload m@1", "notify x"]
 
 
 def test_group_and_chord(cluster: Cluster, tasks: dict[str, Any]) -> None:
