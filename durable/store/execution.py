@@ -75,8 +75,9 @@ class ExecutionSql(StoreBase):
     def __init__(self, database: Database):
         super().__init__(database)
         self._fenced_step_upserts: dict[frozenset[str], Prebuilt] = {}
-        self._claim_unleased_stmt = Prebuilt(database, _build_claim_unleased())
+        self._claim_unleased_stmt = Prebuilt(database, _build_claim_unleased(database.is_sqlite))
         self._finish_stmt = Prebuilt(database, _build_finish())
+        self._finish_then_start: dict[tuple[str, ...], Prebuilt] = {}
         self._suspend_stmts = {
             waits_for_timer: Prebuilt(database, _build_suspend(waits_for_timer))
             for waits_for_timer in (False, True)
@@ -419,14 +420,23 @@ class ExecutionSql(StoreBase):
         is woken by the chain's last workflow, or by one that fails."""
         params = dict(wid=workflow_id, epoch=epoch, new_status=status.value, out=output,
                       err=error, now=now_ms)
-        if next_row is not None:
+        if next_row is not None and self.db.is_sqlite:  # no UPDATE inside a WITH there
             with self.db.begin() as conn:
-                row = self._finish_stmt.first(params, conn)
-                if row is None:
+                if self._finish_stmt.first(params, conn) is None:
                     return False, None
-                values = {f"v_{k}": v for k, v in next_row.items()}
-                self._insert_statement(tuple(sorted(next_row))).first(values, conn)
+                self._insert_statement(tuple(sorted(next_row))).first(
+                    {f"v_{k}": v for k, v in next_row.items()}, conn
+                )
             return True, None
+        if next_row is not None:
+            columns = tuple(sorted(next_row))
+            stmt = self._finish_then_start.get(columns)
+            if stmt is None:
+                stmt = self._finish_then_start[columns] = Prebuilt(self.db, _build_finish_then_start(
+                    self._insert, columns
+                ))
+            started = stmt.first({**params, **{f"v_{k}": v for k, v in next_row.items()}})
+            return started is not None, None
         if not has_parent:
             row = self._finish_stmt.first(params)
             if row is None:
@@ -479,16 +489,25 @@ class ExecutionSql(StoreBase):
         return True
 
 
-def _build_claim_unleased() -> ExecutableReturnsRows:
+def _build_claim_unleased(is_sqlite: bool) -> ExecutableReturnsRows:
     has_steps = select(S.step_id).where(S.workflow_id == bindparam("wid")).limit(1).exists()
+    conditions: list[ColumnElement[bool]] = [
+        W.workflow_id == bindparam("wid"),
+        # not IN (...): its expanding parameters do not compile ahead of time
+        or_(W.status == Status.ENQUEUED.value, W.status == Status.PENDING.value),
+        W.lease_owner.is_(None),
+    ]
+    if not is_sqlite:
+        # This claim's commit need not wait for the disk: Postgres flushes
+        # its log in order, so the claim is durable before any write of the
+        # execution it starts (each fenced by its epoch) is. Lost in a
+        # database crash, it is as if the message came after the restart.
+        # set_config(..., true) lasts to the end of this statement's own
+        # transaction: no extra round trip.
+        conditions.append(func.set_config("synchronous_commit", "off", True).is_not(None))
     return (
         update(workflows)
-        .where(
-            W.workflow_id == bindparam("wid"),
-            # not IN (...): its expanding parameters do not compile ahead of time
-            or_(W.status == Status.ENQUEUED.value, W.status == Status.PENDING.value),
-            W.lease_owner.is_(None),
-        )
+        .where(*conditions)
         .values(
             status=Status.PENDING.value, lease_owner=bindparam("owner"),
             lease_epoch=W.lease_epoch + 1, lease_expires_at_ms=bindparam("lease_until"),
@@ -524,6 +543,23 @@ def _build_finish() -> ExecutableReturnsRows:
         )
         .returning(W.parent_workflow_id)
     )
+
+
+def _build_finish_then_start(insert: Any, columns: tuple[str, ...]) -> ExecutableReturnsRows:
+    """End a link of a static chain and insert the next, in one statement (one
+    round trip): the INSERT reads the UPDATE's RETURNING, so a fenced-out
+    end inserts nothing."""
+    finish: Any = _build_finish()
+    ended = finish.cte("ended")
+    source = select(*[bindparam(f"v_{c}", type_=W[c].type) for c in columns]).where(
+        exists(select(ended.c.parent_workflow_id))
+    )
+    statement: ExecutableReturnsRows = (
+        insert(workflows).from_select(list(columns), source)
+        .on_conflict_do_nothing(index_elements=["workflow_id"])
+        .returning(W.workflow_id)
+    )
+    return statement
 
 
 def _build_suspend(waits_for_timer: bool) -> ExecutableReturnsRows:
