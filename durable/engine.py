@@ -38,6 +38,7 @@ from .context import StepContext, enter_execution, enter_step
 from .database import retry_while_unavailable
 from .dispatch import Dispatcher, publish_if_runnable
 from .errors import (
+    DuplicateWorkflowError,
     MaxStepRetriesExceededError,
     NonDeterministicWorkflowError,
     SerializationError,
@@ -47,7 +48,7 @@ from .records import Status, StepStatus
 from .retry import RetryPolicy
 from .settings import Settings
 from .starting import check_payload_size, derived_child_id
-from .store import Claim, Store, crash_text
+from .store import Claim, DedupConflict, Store, crash_text
 from .timeouts import call_with_timeout
 
 logger = logging.getLogger("durable.engine")
@@ -431,10 +432,23 @@ class Execution:
 
     # --- children -----------------------------------------------------------------
 
-    def start_child(self, child_row: dict[str, Any], name: str) -> str:
+    def start_child(self, child_row: dict[str, Any], name: str, on_duplicate: str = "raise") -> str:
+        """Start a child: its row and this step's checkpoint naming it commit
+        together. When another active workflow holds the child's dedup key,
+        the step records DuplicateWorkflowError and raises it, or with
+        on_duplicate="return_existing" records and returns the holder's ID;
+        a replay gives the same."""
+
+        def started(row: dict[str, Any]) -> str:
+            """What a recorded start gives: the child's ID (or the holder's),
+            or a refused duplicate's error raised again."""
+            if row["status"] == StepStatus.ERROR.value:
+                self.replay(row)
+            return str(row["child_workflow_id"])
+
         position = self.reserve(f"start:{name}")
         if position.row is not None:
-            return str(position.row["child_workflow_id"])
+            return started(position.row)
         if not child_row.get("workflow_id"):
             child_row["workflow_id"] = derived_child_id(self.workflow_id, position.step_id)
         child_row["parent_workflow_id"] = self.workflow_id
@@ -442,12 +456,24 @@ class Execution:
         values = self.outcome(
             position, StepStatus.SUCCESS, output=ser.dumps(child_id), child_workflow_id=child_id
         )
-        written = retry_while_unavailable(
-            lambda: self.store.start_child(self.workflow_id, self.epoch, dict(child_row), values),
-            "starting a child workflow", clock=self.clock,
-        )
+        try:
+            written = retry_while_unavailable(
+                lambda: self.store.start_child(self.workflow_id, self.epoch, dict(child_row), values),
+                "starting a child workflow", clock=self.clock,
+            )
+        except DedupConflict as conflict:
+            holder = conflict.holder_workflow_id
+            if on_duplicate == "return_existing" and holder is not None:
+                outcome = self.outcome(
+                    position, StepStatus.SUCCESS, output=ser.dumps(holder), child_workflow_id=holder
+                )
+            else:
+                error = DuplicateWorkflowError(child_row["dedup_key"], child_row["queue"], holder)
+                outcome = self.outcome(position, StepStatus.ERROR, error=ser.dumps_error(error))
+            # what this execution recorded, or what another recorded first
+            return started(self.record(outcome) or outcome)
         if not written:
-            return str(self.resolve_conflict(position.step_id)["child_workflow_id"])
+            return started(self.resolve_conflict(position.step_id))
         self.dispatcher.publish(child_id, name, child_row["queue"], child_row["priority"])
         return str(child_id)
 

@@ -20,6 +20,10 @@ from .prebuilt import Prebuilt
 W = workflows.c
 S = steps.c
 
+# How often an insert refused for a dedup key whose holder then ended (so
+# the key is free) is tried again before it gives up.
+_DEDUP_ATTEMPTS = 3
+
 
 @dataclass(frozen=True)
 class StartResult:
@@ -43,18 +47,28 @@ class StoreBase:
 
     def insert_workflow(self, row: dict[str, Any], conn: Connection | None = None) -> StartResult:
         """Insert a workflow; an existing ID returns that workflow instead, a held
-        dedup key raises DedupConflict. Both are decided by constraints."""
+        dedup key raises DedupConflict naming its holder. Both are decided by
+        constraints. Inside `conn` (a caller's transaction) the holder is looked
+        up in that transaction: a second one would wait for this one's lock
+        (SQLite) and the insert would never end. A holder that ended between
+        the insert and the look-up freed the key: the insert is tried again."""
         insert_row = self._insert_statement(tuple(sorted(row)))
         params = {f"v_{k}": v for k, v in row.items()}
-        try:
-            if conn is not None:
-                with conn.begin_nested():
-                    inserted = insert_row.first(params, conn)
-            else:
-                inserted = insert_row.first(params)
-        except IntegrityError:
-            raise DedupConflict(self.dedup_holder(row["queue"], row["dedup_key"])) from None
-        return StartResult(created=inserted is not None, workflow_id=row["workflow_id"])
+        refused = 0
+        while True:
+            try:
+                if conn is not None:
+                    with conn.begin_nested():
+                        inserted = insert_row.first(params, conn)
+                else:
+                    inserted = insert_row.first(params)
+            except IntegrityError:
+                refused += 1
+                holder = self.dedup_holder(row["queue"], row["dedup_key"], conn)
+                if holder is None and refused < _DEDUP_ATTEMPTS:
+                    continue
+                raise DedupConflict(holder) from None
+            return StartResult(created=inserted is not None, workflow_id=row["workflow_id"])
 
     def _insert_statement(self, columns: tuple[str, ...]) -> Prebuilt:
         """One prebuilt INSERT per set of columns (start() always gives the same)."""
@@ -70,13 +84,19 @@ class StoreBase:
             prebuilt = self._inserts[columns] = Prebuilt(self.db, stmt)
         return prebuilt
 
-    def dedup_holder(self, queue: str, dedup_key: str | None) -> str | None:
-        with self.db.begin() as conn:
-            return conn.execute(
-                select(W.workflow_id).where(
-                    W.queue == queue, W.dedup_key == dedup_key, W.status.in_(ACTIVE_STATUSES)
-                )
-            ).scalar()
+    def dedup_holder(
+        self, queue: str, dedup_key: str | None, conn: Connection | None = None
+    ) -> str | None:
+        """The active workflow holding this dedup key (inside `conn` if given)."""
+        query = select(W.workflow_id).where(
+            W.queue == queue, W.dedup_key == dedup_key, W.status.in_(ACTIVE_STATUSES)
+        )
+        if conn is not None:
+            holder: str | None = conn.execute(query).scalar()
+            return holder
+        with self.db.begin() as own:
+            holder = own.execute(query).scalar()
+            return holder
 
     def steps_of(self, workflow_id: str, conn: Connection | None = None) -> dict[int, dict[str, Any]]:
         """A workflow's step rows by step_id, in one query."""

@@ -480,7 +480,9 @@ class ExecutionSql(StoreBase):
     def start_child(
         self, parent_id: str, epoch: int, child_row: dict[str, Any], step_values: dict[str, Any]
     ) -> bool:
-        """Create the child and the parent's checkpoint naming it, atomically."""
+        """Create the child and the parent's checkpoint naming it, atomically.
+        False: the checkpoint was fenced out. A dedup key another active
+        workflow holds raises DedupConflict naming it; nothing is written."""
         with self.db.begin() as conn:
             self.insert_workflow(child_row, conn=conn)
             if not self.write_step(epoch, step_values, conn=conn):
