@@ -144,12 +144,15 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
             logger.debug("checking pool children every %s s", CHECK_INTERVAL_SECONDS)
 
     def stop(self, worker: Any) -> None:
+        # The renewer keeps running (a daemon thread, gone with the process):
+        # on a warm shutdown this step stops before the pool, which then
+        # waits for the children's running executions, whose leases must
+        # not run out meanwhile. Once the pool is gone it has no child to
+        # renew for.
         self._cancel()
-        if self._renewer is not None:
-            self._renewer.stop()
 
     def terminate(self, worker: Any) -> None:
-        self.stop(worker)
+        self._cancel()
 
     def _cancel(self) -> None:
         if self._entry is not None:
