@@ -1,5 +1,5 @@
 # Sourced by scripts/demo and scripts/test: a virtualenv with durable
-# installed, and (for tests) Postgres and Redis from Debian packages.
+# installed, and (for tests) Postgres, Redis and libfaketime from Debian packages.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +25,8 @@ ensure_servers() {
     local missing=()
     command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    # a worker whose clock runs ahead (tests/test_leases.py)
+    compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(libfaketime)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "Installing ${missing[*]} from Debian packages ..." >&2
         as_root apt-get update -qq >&2
