@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import inspect
 import logging
@@ -21,9 +22,11 @@ from .database import Database
 from .dispatch import TASK_PREFIX, CeleryDispatcher, Dispatcher, configure_app
 from .dispatched_steps import Dispatched, StepAsWorkflow, TaskStep, step_workflow_name, task_workflow_name
 from .engine import Collaborators
+from .limits import QueueLimits
 from .messaging import Messaging
 from .retry import RetryPolicy
 from .runner import Runner
+from .schedules import Schedule, seconds_to_ms
 from .settings import Settings
 from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import Store
@@ -93,11 +96,14 @@ class BoundStart(Generic[R]):
             timeout_seconds=self.opts.timeout,
             max_recovery_attempts=self.opts.max_recovery_attempts,
             clock=durable.clock,
+            partition_key=self.opts.partition_key,
+            start_at_ms=self.opts.start_at_ms(durable.clock.now_ms()),
         )
         if execution is not None:
             return WorkflowHandle(execution.start_child(row, self.workflow.name), durable)
         workflow_id = start_workflow(
-            durable.store, durable.dispatcher, row, self.opts.on_duplicate, durable.clock
+            durable.store, durable.dispatcher, row, self.opts.on_duplicate, durable.clock,
+            debounce=self.opts.debounce is not None,
         )
         return WorkflowHandle(workflow_id, durable)
 
@@ -206,7 +212,11 @@ class Durable(Management):
             transactions=self.transactions, messaging=Messaging(),
             continuations=ChainContinuations(self, self.celery),
         )
-        self.runner = Runner(collaborators, self.registry)
+        self.queues: dict[str, QueueLimits] = {}
+        self.schedules: dict[str, Schedule] = {}
+        self.runner = Runner(
+            collaborators, self.registry, declared_queues=self.queues, declared_schedules=self.schedules
+        )
         self._canvas_workflow: WorkflowFunction[Any] = self.workflow(name=CANVAS_WORKFLOW)(
             CanvasRunner(self, self.celery, lambda: self._canvas_workflow)
         )
@@ -417,6 +427,56 @@ class Durable(Management):
             )
 
         return register(fn) if fn is not None else register
+
+    # --- flow control and time ------------------------------------------------------
+
+    def queue(
+        self,
+        name: str,
+        *,
+        concurrency: int | None = None,
+        rate_limit: str | None = None,
+        partition_concurrency: int | None = None,
+        priority: bool = False,
+    ) -> QueueLimits:
+        """Limits of a queue, enforced in the database across every worker
+        and host: at most `concurrency` of its workflows started and not
+        ended (a suspended one keeps its slot), at most `partition_concurrency`
+        per `partition_key`, at most `rate_limit` starts ("10/s", "100/m",
+        "1000/h") in any window of the period; `priority=True`: higher
+        priorities start first. Written to the database at worker start."""
+        check_name(name, "queue")
+        limits = QueueLimits(name, concurrency, partition_concurrency, rate_limit, priority)
+        self.queues[name] = limits
+        return limits
+
+    def scheduled(
+        self,
+        *,
+        name: str,
+        cron: str | None = None,
+        every: float | dt.timedelta | None = None,
+        missed: str = "run_latest",
+        timezone: str = "UTC",
+        queue: str | None = None,
+    ) -> Callable[[Callable[..., R]], WorkflowFunction[R]]:
+        """A workflow started on a schedule, with the tick's instant (an aware
+        datetime) as its argument: `cron` (five fields, in `timezone`) or
+        `every` (seconds or a timedelta; ticks aligned to the epoch). Each
+        tick runs once, whatever the number of workers; ticks missed while
+        no worker ran: "skip", "run_latest" or "run_all"."""
+        check_name(name, "schedule name")
+        schedule = Schedule(
+            name, name, cron=cron, every_ms=None if every is None else seconds_to_ms(every),
+            timezone=timezone, missed=missed, queue=queue,
+        )
+
+        def register(f: Callable[..., R]) -> WorkflowFunction[R]:
+            workflow = self.workflow(name=name, queue=queue)(f)
+            self.schedules[name] = schedule
+            return workflow
+
+        return register
 
     # --- existing Celery canvases, made durable ---------------------------------
 

@@ -165,7 +165,9 @@ class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]
         super().__init__(worker, **kwargs)
         try:
             with no_fork_meanwhile():
-                _runner_of(worker.app).store.db.ensure_schema()
+                runner = _runner_of(worker.app)
+                runner.store.db.ensure_schema()
+                runner.declare()  # queues and schedules from code, before any start
         except Exception as exc:  # noqa: BLE001 - children migrate when it is back
             if not is_transient(exc):
                 raise

@@ -9,9 +9,10 @@ lost its lease; and cancels workflows past their deadline.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from . import serialization as ser
 from .clock import SYSTEM_CLOCK, Clock
@@ -19,7 +20,9 @@ from .dispatch import Dispatcher
 from .errors import WorkflowTimeoutError
 from .fork_guard import no_fork_meanwhile
 from .local_processes import owner_pid, process_is_gone, this_host
+from .schedules import Schedule, tick_workflow_id
 from .settings import Settings
+from .starting import new_workflow_row
 from .store import Store
 
 logger = logging.getLogger("durable.recovery")
@@ -44,6 +47,7 @@ def sweep_once(
         now_ms, int(settings.redelivery_seconds * 1000), expired_leases=expired_leases,
         max_backoff_ms=int(settings.redelivery_max_seconds * 1000),
     )
+    due = due + held_with_a_free_slot(store, now_ms) + start_due_ticks(store, settings, now_ms)
     published = 0
     for row in due:
         if not dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"]):
@@ -56,6 +60,58 @@ def sweep_once(
     if published:
         logger.info("recovery sweep published %d workflow(s)", published)
     return published
+
+
+def held_with_a_free_slot(store: Store, now_ms: int) -> list[dict[str, Any]]:
+    """Workflows a limited queue held back, for its free slots: the end of
+    a workflow of the queue wakes the next at once; this catches a wake-up
+    lost with its worker. One query per limited queue."""
+    waking: list[dict[str, Any]] = []
+    for name, limits in store.queue_limits().items():
+        if limits.concurrency is not None or limits.partition_concurrency is not None:
+            waking.extend(store.held_to_wake(name, limits, now_ms))
+    return waking
+
+
+def start_due_ticks(store: Store, settings: Settings, now_ms: int) -> list[dict[str, Any]]:
+    """Start the due ticks of every schedule (any worker may: a
+    compare-and-set on the schedule's next tick lets one win)."""
+    started: list[dict[str, Any]] = []
+    for row in store.due_schedules(now_ms):
+        schedule = Schedule(
+            row["name"], row["workflow_name"], row["cron"], row["every_ms"], row["timezone"],
+            row["missed"], row["queue"],
+        )
+        ticks, next_tick = schedule.ticks_due(row["next_tick_ms"], now_ms)
+        rows = [tick_row(settings, schedule, tick, now_ms) for tick in ticks]
+        started.extend(store.start_ticks(schedule.name, row["next_tick_ms"], next_tick, rows, now_ms))
+    return started
+
+
+def tick_row(settings: Settings, schedule: Schedule, tick_ms: int, now_ms: int) -> dict[str, Any]:
+    """A tick's workflow: called with the tick's instant (an aware datetime)."""
+    scheduled_at = dt.datetime.fromtimestamp(tick_ms / 1000, tz=dt.timezone.utc)
+    return new_workflow_row(
+        settings, name=schedule.workflow_name, args=(scheduled_at,), kwargs={},
+        workflow_id=tick_workflow_id(schedule.name, tick_ms), queue=schedule.queue,
+        clock=_At(now_ms),
+    )
+
+
+class _At:
+    """A clock stopped at the sweep's instant, for the rows it builds."""
+
+    def __init__(self, now_ms: int):
+        self._now_ms = now_ms
+
+    def now_ms(self) -> int:
+        return self._now_ms
+
+    def monotonic(self) -> float:
+        return self._now_ms / 1000
+
+    def sleep(self, seconds: float) -> None:
+        raise RuntimeError("a stopped clock does not sleep")
 
 
 def reclaim_local_leases(

@@ -21,7 +21,9 @@ from .engine import Collaborators, Ending, Execution
 from .errors import MaxRecoveryAttemptsExceededError, UnknownWorkflowError
 from .leases import LeaseKeeper
 from .records import Status
-from .store import Claim, crash_text
+from .limits import QueueLimits
+from .schedules import Schedule
+from .store import HELD, NOT_GATED, Claim, crash_text
 
 logger = logging.getLogger("durable.runner")
 
@@ -46,10 +48,17 @@ class Delivery:
     "unknown" (no such workflow registered here) or "rerouted" (moved to its
     on_crash_queue). `ending`: how an execution stopped, when one ran."""
 
-    kind: str
+    kind: str  # or "held": its limited queue holds it back (flow.py)
     workflow_id: str
     ending: Ending | None = None
     error: str | None = None  # the recorded error of a workflow this delivery ended
+
+    @property
+    def ended(self) -> bool:
+        """This delivery ended its workflow."""
+        return self.kind in ("quarantined", "unknown") or (
+            self.ending is not None and self.ending.kind in (Status.SUCCESS.value, Status.ERROR.value)
+        )
 
     @property
     def failed(self) -> bool:
@@ -66,6 +75,8 @@ class Runner:
         collaborators: Collaborators,
         registry: Mapping[str, RegisteredWorkflow],
         owner: Callable[[], str] = process_owner,
+        declared_queues: Mapping[str, QueueLimits] | None = None,
+        declared_schedules: Mapping[str, Schedule] | None = None,
     ):
         self.collaborators = collaborators
         self.store = collaborators.store
@@ -73,6 +84,9 @@ class Runner:
         self.clock = collaborators.clock
         self.registry = registry
         self.owner = owner
+        self.declared_queues = declared_queues if declared_queues is not None else {}
+        self.declared_schedules = declared_schedules if declared_schedules is not None else {}
+        self._limits: dict[str, QueueLimits] | None = None
         self.leases = LeaseKeeper(self.store, self.settings.lease_seconds, self.clock)
 
     def _max_recovery_attempts(self, name: str) -> int:
@@ -92,27 +106,84 @@ class Runner:
         `delivered_on`: the queue the message came from, when known."""
         owner = self.owner()
         with self.store.db.pinned():
-            claim = self._claim(workflow_id, workflow_name, owner)
+            limits = self.limits()
+            gated = self._claim_gated(workflow_id, workflow_name, delivered_on, owner) if (
+                delivered_on in limits
+            ) else NOT_GATED
+            if gated == HELD:
+                return Delivery("held", workflow_id)
+            claim = gated if isinstance(gated, Claim) else (
+                None if gated is None else self._claim(workflow_id, workflow_name, owner)
+            )
             if claim is None:
                 return Delivery("skipped", workflow_id)
-            if claim.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
-                return Delivery("quarantined", workflow_id, error=self._quarantine(claim))
-            workflow = self.registry.get(claim.name)
-            if workflow is None:
-                return Delivery("unknown", workflow_id, error=self._reject_unknown(claim))
-            if workflow.on_crash_queue:
-                if claim.recovered and workflow.on_crash_queue != claim.queue:
-                    return self._reroute(claim, workflow.on_crash_queue, crashed=True)
-                if delivered_on and delivered_on != claim.queue:
-                    # a message published before the move (a requeued or
-                    # swept one) must not run it on the pool it left
-                    return self._reroute(claim, claim.queue, crashed=False)
-            self.leases.track(workflow_id, claim.epoch, owner)
-            try:
-                ending = Execution(claim, owner, self.collaborators).run(workflow.fn)
-            finally:
-                self.leases.untrack(workflow_id)
-            return Delivery("executed", workflow_id, ending, ending.error)
+            delivery = self._deliver_claimed(claim, workflow_id, delivered_on, owner)
+            if claim.queue in limits and delivery.ended:
+                self._wake_held(claim.queue, limits[claim.queue])  # its slot is free
+            return delivery
+
+    def _deliver_claimed(self, claim: Claim, workflow_id: str, delivered_on: str | None, owner: str) -> Delivery:
+        if claim.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
+            return Delivery("quarantined", workflow_id, error=self._quarantine(claim))
+        workflow = self.registry.get(claim.name)
+        if workflow is None:
+            return Delivery("unknown", workflow_id, error=self._reject_unknown(claim))
+        if workflow.on_crash_queue:
+            if claim.recovered and workflow.on_crash_queue != claim.queue:
+                return self._reroute(claim, workflow.on_crash_queue, crashed=True)
+            if delivered_on and delivered_on != claim.queue:
+                # a message published before the move (a requeued or
+                # swept one) must not run it on the pool it left
+                return self._reroute(claim, claim.queue, crashed=False)
+        self.leases.track(workflow_id, claim.epoch, owner)
+        try:
+            ending = Execution(claim, owner, self.collaborators).run(workflow.fn)
+        finally:
+            self.leases.untrack(workflow_id)
+        return Delivery("executed", workflow_id, ending, ending.error)
+
+    # --- limited queues (flow.py) -------------------------------------------------
+
+    def declare(self) -> dict[str, QueueLimits]:
+        """Write the queues and schedules declared in code to the database
+        (a worker does at start, before its pool forks), and read the limited
+        queues, those declared by other code too."""
+        now = self.clock.now_ms()
+        for queue in self.declared_queues.values():
+            retry_while_unavailable(lambda: self.store.upsert_queue(queue, now), "declaring a queue", clock=self.clock)
+        for schedule in self.declared_schedules.values():
+            retry_while_unavailable(
+                lambda: self.store.upsert_schedule(schedule, now), "declaring a schedule", clock=self.clock
+            )
+        known = retry_while_unavailable(self.store.queue_limits, "reading queue limits", clock=self.clock)
+        self._limits = {name: q for name, q in known.items() if q.limited}
+        return self._limits
+
+    def limits(self) -> dict[str, QueueLimits]:
+        """The limited queues, read once per process."""
+        return self._limits if self._limits is not None else self.declare()
+
+    def _claim_gated(
+        self, workflow_id: str, workflow_name: str | None, queue: str | None, owner: str
+    ) -> Claim | str | None:
+        lease_ms = int(self.settings.lease_seconds * 1000)
+        return retry_while_unavailable(
+            lambda: self.store.claim_gated(
+                workflow_id, queue or "", owner, self.clock.now_ms(), lease_ms,
+                self._max_recovery_attempts(workflow_name or ""),
+            ),
+            "claiming a workflow of a limited queue", clock=self.clock,
+        )
+
+    def _wake_held(self, queue: str, limits: QueueLimits) -> None:
+        """A slot of the queue may have freed: publish the next held back."""
+        if limits.concurrency is None and limits.partition_concurrency is None:
+            return
+        try:
+            for row in self.store.held_to_wake(queue, limits, self.clock.now_ms()):
+                self.collaborators.dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
+        except Exception as exc:  # noqa: BLE001 - the sweeper wakes them too
+            logger.warning("could not wake the next workflow of queue %r: %s", queue, exc)
 
     def _reroute(self, claim: Claim, queue: str, crashed: bool) -> Delivery:
         """Release the claim and publish the workflow to `queue`. After a

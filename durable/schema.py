@@ -56,6 +56,10 @@ workflows = Table(
     Column("last_death", Text, nullable=True),
     # JSON: the rest of a static chain, started by this workflow's end (canvas.py)
     Column("continuation", Text, nullable=True),
+    # Flow control (flow.py): a queue's partition_concurrency counts per
+    # partition key; a workflow is not started before start_at_ms.
+    Column("partition_key", String(255), nullable=True),
+    Column("start_at_ms", BigInteger, nullable=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("updated_at_ms", BigInteger, nullable=False),
     Column("started_at_ms", BigInteger, nullable=True),
@@ -76,6 +80,16 @@ workflows = Table(
         sqlite_where=text(ACTIVE_SQL),
     ),
     Index("ix_durable_workflows_created", "created_at_ms"),
+    # a limited queue's gate counts its running workflows, and wakes the next
+    Index(
+        "ix_durable_workflows_queue_active",
+        "queue",
+        "status",
+        "partition_key",
+        postgresql_where=text(ACTIVE_SQL),
+        sqlite_where=text(ACTIVE_SQL),
+    ),
+    Index("ix_durable_workflows_queue_started", "queue", "started_at_ms"),
     Index("ix_durable_workflows_parent", "parent_workflow_id"),
     Index("ix_durable_workflows_name_status", "name", "status"),
 )
@@ -102,6 +116,38 @@ steps = Table(
     Column("started_at_ms", BigInteger, nullable=True),
     Column("completed_at_ms", BigInteger, nullable=True),
     PrimaryKeyConstraint("workflow_id", "step_id", name="pk_durable_steps"),
+)
+
+# A queue's limits (`dur.queue(...)`), upserted from code at worker start:
+# every worker enforces the same ones. The row is also the lock that
+# serializes the starts of the queue's workflows.
+queues = Table(
+    "durable_queues",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("concurrency", Integer, nullable=True),
+    Column("partition_concurrency", Integer, nullable=True),
+    Column("rate_limit", String(40), nullable=True),
+    Column("priority", Integer, nullable=False, server_default="0"),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+# Schedules (`@dur.scheduled`): each tick is a workflow whose ID is the
+# schedule's name and the tick's instant; next_tick_ms advances by a
+# compare-and-set, so one sweeper, whichever, starts each tick.
+schedules = Table(
+    "durable_schedules",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("workflow_name", String(255), nullable=False),
+    Column("cron", String(255), nullable=True),
+    Column("every_ms", BigInteger, nullable=True),
+    Column("timezone", String(64), nullable=False, server_default="UTC"),
+    Column("missed", String(20), nullable=False, server_default="run_latest"),
+    Column("queue", String(255), nullable=True),
+    Column("next_tick_ms", BigInteger, nullable=False),
+    Column("paused", Integer, nullable=False, server_default="0"),
+    Column("updated_at_ms", BigInteger, nullable=False),
 )
 
 # Durable messages (`durable.send` / `durable.recv`). `seq` orders them: recv

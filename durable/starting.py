@@ -5,6 +5,7 @@ parent)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 import uuid
@@ -17,6 +18,7 @@ from .database import retry_while_unavailable
 from .db_errors import is_transient
 from .dispatch import Dispatcher
 from .errors import DatabaseUnavailableError, DuplicateWorkflowError, SerializationError
+from .limits import check_delay
 from .records import Status
 from .settings import Settings
 from .store import DedupConflict, Store
@@ -71,9 +73,21 @@ class StartOptions:
     timeout: float | None = None  # seconds; past it the workflow is cancelled
     on_duplicate: str = "raise"  # or "return_existing"
     max_recovery_attempts: int | None = None
+    partition_key: str | None = None  # the queue's partition_concurrency counts per key
+    delay: float | None = None  # seconds before it may start (a database timer)
+    start_at: dt.datetime | None = None  # or the instant it may start
+    debounce: float | None = None  # with dedup_key: a later start replaces a pending one's inputs
 
     def __post_init__(self) -> None:
         check_name(self.workflow_id, "workflow_id", optional=True)
+        check_name(self.partition_key, "partition_key", optional=True)
+        check_delay(self.delay, self.debounce)
+        if self.start_at is not None and not isinstance(self.start_at, dt.datetime):
+            raise ValueError(f"start_at must be a datetime, got {self.start_at!r}")
+        if self.start_at is not None and self.delay is not None:
+            raise ValueError("give delay or start_at, not both")
+        if self.debounce is not None and self.dedup_key is None:
+            raise ValueError("debounce needs a dedup_key: starts with the same key are the ones debounced")
         check_name(self.dedup_key, "dedup_key", optional=True)
         check_name(self.queue, "queue", optional=True)
         if not isinstance(self.priority, int) or not 0 <= self.priority <= 9:
@@ -88,6 +102,13 @@ class StartOptions:
         if self.max_recovery_attempts is not None and self.max_recovery_attempts < 0:
             raise ValueError("max_recovery_attempts must be >= 0")
 
+    def start_at_ms(self, now_ms: int) -> int | None:
+        """When the workflow may start: None for at once."""
+        wait = self.delay if self.delay is not None else self.debounce
+        if self.start_at is not None:
+            return int(self.start_at.timestamp() * 1000)  # a naive datetime is local time, as in Python
+        return now_ms + int(wait * 1000) if wait else None
+
 
 def new_workflow_row(
     settings: Settings,
@@ -101,6 +122,8 @@ def new_workflow_row(
     timeout_seconds: float | None = None,
     max_recovery_attempts: int | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    partition_key: str | None = None,
+    start_at_ms: int | None = None,
 ) -> dict[str, Any]:
     """The row a new workflow starts as. Checks and serializes the inputs
     first, so bad input fails here before anything is written."""
@@ -118,8 +141,11 @@ def new_workflow_row(
         inputs=inputs,
         max_recovery_attempts=max_recovery_attempts,  # None: the workflow's own default
         # If this workflow's message is lost before anyone claims it, the
-        # recovery sweeper publishes it again after this.
-        redispatch_at_ms=now + int(settings.redelivery_seconds * 1000),
+        # recovery sweeper publishes it again after this; a delayed start's
+        # timer is its start time (no broker ETA).
+        redispatch_at_ms=start_at_ms if start_at_ms is not None else now + int(settings.redelivery_seconds * 1000),
+        partition_key=partition_key,
+        start_at_ms=start_at_ms,
         deadline_at_ms=now + int(timeout_seconds * 1000) if timeout_seconds else None,
         app_version=settings.app_version or None,
         created_at_ms=now,
@@ -142,17 +168,22 @@ def check_payload_size(text: str, settings: Settings, what: str) -> None:
 
 def start_workflow(
     store: Store, dispatcher: Dispatcher, row: dict[str, Any], on_duplicate: str = "raise",
-    clock: Clock = SYSTEM_CLOCK,
+    clock: Clock = SYSTEM_CLOCK, debounce: bool = False,
 ) -> str:
-    """Insert the row and publish it; returns the workflow's ID (an existing
-    workflow's, when the ID or, with "return_existing", the dedup key was
-    taken)."""
+    """Insert the row and publish it (a delayed one is published by its
+    timer); returns the workflow's ID (an existing workflow's, when the ID
+    or, with "return_existing", the dedup key was taken). With `debounce`, a
+    workflow holding the dedup key that has not started yet takes this
+    start's inputs and start time instead."""
     try:
         result = retry_while_unavailable(
             lambda: store.insert_workflow(row), "starting a workflow",
             give_up_after_seconds=START_WAIT_SECONDS, clock=clock,
         )
     except DedupConflict as conflict:
+        holder = conflict.holder_workflow_id
+        if debounce and holder and store.debounce(holder, row, clock.now_ms()):
+            return holder
         if on_duplicate == "return_existing" and conflict.holder_workflow_id:
             return conflict.holder_workflow_id
         raise DuplicateWorkflowError(row["dedup_key"], row["queue"], conflict.holder_workflow_id) from None
@@ -162,6 +193,7 @@ def start_workflow(
                 f"could not start workflow {row['name']!r}: the database is unavailable ({exc})"
             ) from exc
         raise
-    if result.created:
+    delayed = row.get("start_at_ms") is not None and row["start_at_ms"] > clock.now_ms()
+    if result.created and not delayed:
         dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
     return str(row["workflow_id"])

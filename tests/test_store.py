@@ -185,7 +185,8 @@ def test_upgrade_from_0002_keeps_steps_and_drops_their_foreign_key(store: Store)
         command.upgrade(config, "0002")
         conn.commit()
     store.db._migrated = True  # stay at 0002 while the rows go in
-    store.insert_workflow(new_row(workflow_id="old"))
+    later_columns = ("partition_key", "start_at_ms")  # added by 0005
+    store.insert_workflow({k: v for k, v in new_row(workflow_id="old").items() if k not in later_columns})
     with store.db.begin() as conn:  # claimed as a 0002 worker would (today's claim reads later columns)
         conn.execute(text("UPDATE durable_workflows SET status = 'PENDING', lease_epoch = 1 WHERE workflow_id = 'old'"))
     claim = SimpleNamespace(epoch=1)

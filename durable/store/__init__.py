@@ -7,15 +7,17 @@ from __future__ import annotations
 
 from .base import DedupConflict, StartResult
 from .execution import Claim, ExecutionSql, crash_text
+from .flow import HELD, NOT_GATED, FlowSql
 from .management import ManagementSql
 from .messages import Doorbell, MessagesSql
 from .rerouting import ReroutingSql
+from .schedules import ScheduleSql
 from .sweeps import SweepSql
 
-__all__ = ["Claim", "DedupConflict", "Doorbell", "StartResult", "Store", "crash_text"]
+__all__ = ["HELD", "NOT_GATED", "Claim", "DedupConflict", "Doorbell", "StartResult", "Store", "crash_text"]
 
 
-class Store(ReroutingSql, ExecutionSql, SweepSql, ManagementSql, MessagesSql):
+class Store(ReroutingSql, FlowSql, ExecutionSql, SweepSql, ManagementSql, MessagesSql, ScheduleSql):
     """The system database, as the engine, the sweeper and the client use it.
 
     Messages, events and event waiters reference their workflow with ON DELETE

@@ -152,11 +152,13 @@ class ExecutionSql(StoreBase):
                 select(
                     W.name, W.status, W.lease_owner, W.lease_epoch, W.lease_expires_at_ms,
                     W.recovery_attempts, W.max_recovery_attempts, W.inputs, W.queue,
-                    W.parent_workflow_id, W.deadline_at_ms, W.last_death, W.continuation,
+                    W.parent_workflow_id, W.deadline_at_ms, W.last_death, W.continuation, W.start_at_ms,
                 ).where(W.workflow_id == workflow_id)
             ).mappings().first()
             if row is None or row["status"] not in ACTIVE_STATUSES:
                 return None
+            if row["lease_owner"] is None and (row["start_at_ms"] or 0) > now_ms:
+                return None  # a delayed start: its timer publishes it
             if row["lease_owner"] is not None and (row["lease_expires_at_ms"] or 0) > now_ms:
                 return None  # a live execution holds it
             recovered = row["lease_owner"] is not None
@@ -498,6 +500,8 @@ def _build_claim_unleased(is_sqlite: bool) -> ExecutableReturnsRows:
         # not IN (...): its expanding parameters do not compile ahead of time
         or_(W.status == Status.ENQUEUED.value, W.status == Status.PENDING.value),
         W.lease_owner.is_(None),
+        # a delayed start (start_at_ms) waits for its timer
+        or_(W.start_at_ms.is_(None), W.start_at_ms <= bindparam("now")),
     ]
     if not is_sqlite:
         # This claim's commit need not wait for the disk: Postgres flushes

@@ -50,11 +50,13 @@ class RecordingDispatcher:
         self.pending: list[tuple[str, str]] = []
         self.published: list[str] = []
         self.queues: list[tuple[str, str]] = []  # (workflow_id, queue) of every publish
+        self.last_queue: dict[str, str] = {}  # the queue a message came from, as a worker sees it
 
     def publish(self, workflow_id: str, name: str, queue: str, priority: int = 0) -> bool:
         self.pending.append((workflow_id, name))
         self.published.append(workflow_id)
         self.queues.append((workflow_id, queue))
+        self.last_queue[workflow_id] = queue
         return True
 
 
@@ -79,7 +81,8 @@ class Cluster:
                 return outcomes
             workflow_id, name = self.dispatcher.pending.pop(0)
             try:
-                outcomes.append(self.dur.runner.execute(workflow_id, name))
+                delivered_on = self.dispatcher.last_queue.get(workflow_id)
+                outcomes.append(self.dur.runner.deliver(workflow_id, name, delivered_on).kind)
             except SimulatedCrash:
                 self.crashes += 1
                 outcomes.append("crashed")

@@ -1,0 +1,190 @@
+"""Flow control in SQL: queue limits, the gate a limited queue's workflow
+passes to start, and the wake-up of the next one when a slot frees.
+
+A workflow on a limited queue starts through `claim_gated`, one transaction
+that locks the queue's row (so the queue's starts are counted one at a
+time), counts what runs, and either claims the workflow or holds it back:
+held by a slot, it stays ENQUEUED with no timer and no message, and the end
+of a workflow of that queue (or the sweeper, once per sweep and queue) wakes
+the next; held by the rate limit, it gets a database timer for the instant a
+start leaves the window."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select, update
+
+from ..limits import QueueLimits
+from ..records import Status
+from ..schema import queues, workflows
+from .base import W
+from .execution import Claim, ExecutionSql
+
+Q = queues.c
+
+HELD = "held"  # claim_gated's answer for a workflow its queue holds back
+NOT_GATED = "not_gated"  # not a first start: the ordinary claim applies
+
+
+class FlowSql(ExecutionSql):
+    def upsert_queue(self, limits: QueueLimits, now_ms: int) -> None:
+        values = dict(
+            concurrency=limits.concurrency, partition_concurrency=limits.partition_concurrency,
+            rate_limit=limits.rate_limit, priority=int(limits.priority), updated_at_ms=now_ms,
+        )
+        stmt = self._insert(queues).values(name=limits.name, **values)
+        with self.db.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
+
+    def queue_limits(self) -> dict[str, QueueLimits]:
+        with self.db.begin() as conn:
+            rows = conn.execute(select(queues)).mappings().all()
+        return {
+            r["name"]: QueueLimits(
+                r["name"], r["concurrency"], r["partition_concurrency"], r["rate_limit"], bool(r["priority"])
+            )
+            for r in rows
+        }
+
+    def claim_gated(
+        self, workflow_id: str, queue: str, owner: str, now_ms: int, lease_ms: int, default_max_recovery: int,
+    ) -> Claim | str | None:
+        """The first start of a workflow on a limited queue: its Claim, HELD,
+        NOT_GATED (it already started, or is not on this queue), or None (it
+        ended, or is not there)."""
+        with self.db.begin() as conn:
+            limits_row = conn.execute(
+                select(queues).where(Q.name == queue).with_for_update()
+            ).mappings().first()
+            row = conn.execute(
+                select(W.status, W.queue, W.partition_key, W.start_at_ms, W.lease_owner, W.priority)
+                .where(W.workflow_id == workflow_id)
+            ).mappings().first()
+            if row is None:
+                return None
+            if limits_row is None or row["status"] != Status.ENQUEUED.value or row["queue"] != queue:
+                return NOT_GATED
+            if row["start_at_ms"] is not None and row["start_at_ms"] > now_ms:
+                return HELD  # its timer (redispatch_at_ms) is set already
+            limits = QueueLimits(
+                queue, limits_row["concurrency"], limits_row["partition_concurrency"],
+                limits_row["rate_limit"], bool(limits_row["priority"]),
+            )
+            wake_at = self._gate(conn, limits, row, now_ms)
+            if wake_at is not False:
+                conn.execute(
+                    update(workflows).where(W.workflow_id == workflow_id, W.status == Status.ENQUEUED.value)
+                    .values(redispatch_at_ms=wake_at)
+                )
+                return HELD
+            claimed = self._claim_unleased_stmt.first(dict(
+                wid=workflow_id, owner=owner, now=now_ms, lease_until=now_ms + lease_ms,
+                default_max=default_max_recovery,
+            ), conn)
+            if claimed is None:
+                return NOT_GATED
+            step_rows = self.steps_of(workflow_id, conn) if claimed["has_steps"] else {}
+        return Claim.of(
+            workflow_id, claimed, status=Status.PENDING.value, epoch=claimed["lease_epoch"],
+            recovered=False, recovery_attempts=claimed["recovery_attempts"],
+            max_recovery_attempts=claimed["max_recovery_attempts"], steps=step_rows,
+        )
+
+    def _gate(self, conn: Any, limits: QueueLimits, row: Any, now_ms: int) -> int | None | bool:
+        """False: it may start. Otherwise when to look again: None (when a
+        slot frees) or the instant a start leaves the rate window."""
+        running_here = (W.queue == limits.name, W.status == Status.PENDING.value)
+        if limits.concurrency is not None:
+            running = conn.execute(select(func.count()).where(*running_here)).scalar_one()
+            if running >= limits.concurrency:
+                return None
+            if limits.priority:
+                # a higher priority waiting for the same free slots goes first
+                ahead = conn.execute(select(func.count()).where(
+                    W.queue == limits.name, W.status == Status.ENQUEUED.value,
+                    W.priority > row["priority"],
+                    (W.start_at_ms.is_(None)) | (W.start_at_ms <= now_ms),
+                )).scalar_one()
+                if ahead >= limits.concurrency - running:
+                    return None
+        if limits.partition_concurrency is not None and row["partition_key"] is not None:
+            running = conn.execute(select(func.count()).where(
+                *running_here, W.partition_key == row["partition_key"]
+            )).scalar_one()
+            if running >= limits.partition_concurrency:
+                return None
+        rate = limits.rate
+        if rate is not None:
+            count, period_ms = rate
+            window = conn.execute(
+                select(W.started_at_ms).where(W.queue == limits.name, W.started_at_ms > now_ms - period_ms)
+                .order_by(W.started_at_ms.desc()).limit(count)
+            ).scalars().all()
+            if len(window) >= count:
+                return int(window[-1]) + period_ms  # the count-th latest start leaves the window then
+        return False
+
+    def debounce(self, holder_id: str, row: dict[str, Any], now_ms: int) -> bool:
+        """Give a workflow that holds the dedup key and has not started yet
+        this start's inputs and start time; False when it has started."""
+        with self.db.begin() as conn:
+            return conn.execute(
+                update(workflows)
+                .where(
+                    W.workflow_id == holder_id, W.status == Status.ENQUEUED.value,
+                    W.lease_owner.is_(None), W.started_at_ms.is_(None),
+                )
+                .values(
+                    inputs=row["inputs"], start_at_ms=row["start_at_ms"],
+                    redispatch_at_ms=row["redispatch_at_ms"], updated_at_ms=now_ms,
+                )
+            ).rowcount == 1
+
+    def held_to_wake(self, queue: str, limits: QueueLimits, now_ms: int) -> list[dict[str, Any]]:
+        """Workflows of a limited queue held back for a slot, as many as there
+        are free slots, highest priority first, then the oldest."""
+        with self.db.begin() as conn:
+            free = None
+            if limits.concurrency is not None:
+                running = conn.execute(select(func.count()).where(
+                    W.queue == queue, W.status == Status.PENDING.value
+                )).scalar_one()
+                free = limits.concurrency - running
+                if free <= 0:
+                    return []
+            rows = conn.execute(
+                select(W.workflow_id, W.name, W.queue, W.priority)
+                .where(
+                    W.queue == queue, W.status == Status.ENQUEUED.value, W.lease_owner.is_(None),
+                    W.redispatch_at_ms.is_(None),
+                    (W.start_at_ms.is_(None)) | (W.start_at_ms <= now_ms),
+                )
+                .order_by(W.priority.desc(), W.created_at_ms)
+                .limit(free if free is not None else 100)
+            ).mappings().all()
+        return [dict(r) for r in rows]
+
+    def queue_stats(self) -> list[dict[str, Any]]:
+        """Each known queue's limits, running count and backlog."""
+        limits = self.queue_limits()
+        with self.db.begin() as conn:
+            counts = conn.execute(
+                select(W.queue, W.status, func.count()).where(
+                    W.status.in_((Status.ENQUEUED.value, Status.PENDING.value))
+                ).group_by(W.queue, W.status)
+            ).all()
+        by_queue: dict[str, dict[str, int]] = {}
+        for queue, status, count in counts:
+            by_queue.setdefault(queue, {})[status] = count
+        out = []
+        for name in sorted(set(limits) | set(by_queue)):
+            q = limits.get(name)
+            out.append(dict(
+                name=name, concurrency=q.concurrency if q else None,
+                partition_concurrency=q.partition_concurrency if q else None,
+                rate_limit=q.rate_limit if q else None, priority=bool(q and q.priority),
+                running=by_queue.get(name, {}).get(Status.PENDING.value, 0),
+                backlog=by_queue.get(name, {}).get(Status.ENQUEUED.value, 0),
+            ))
+        return out
