@@ -30,6 +30,7 @@ from .records import (
 )
 from .retry import Backoff
 from .settings import Settings
+from .in_transaction import InTransaction, start_in_transaction
 from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import DedupConflict, Store
 
@@ -322,6 +323,7 @@ class DurableClient(Management):
             migration_lock_timeout_seconds=self.settings.migration_lock_timeout_seconds,
         ))
         super().__init__(store, CeleryDispatcher(celery_app), self.settings)
+        self._in_transaction: InTransaction | None = None
 
     def enqueue(
         self,
@@ -335,7 +337,18 @@ class DurableClient(Management):
         timeout: float | None = None,
         max_recovery_attempts: int | None = None,
         on_duplicate: str = "raise",
+        transaction: Any = None,
     ) -> WorkflowHandle:
+        """Start workflow `workflow_name` with these arguments; returns its
+        handle at once.
+
+        `transaction`: a SQLAlchemy Session or Connection, or a psycopg
+        connection, in an open transaction on durable's system database
+        (another database is refused with ValueError). The workflow row is
+        written in that transaction: rolled back, no workflow exists;
+        committed, it runs once, published after the commit (a psycopg
+        connection has no commit hook: the recovery sweeper publishes it
+        within a sweep interval). See docs/web-apps.md."""
         if not isinstance(workflow_name, str) or not workflow_name:
             raise ValueError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
         StartOptions(  # validates the options the same way start() does
@@ -347,9 +360,13 @@ class DurableClient(Management):
             dedup_key=dedup_key, priority=priority, timeout_seconds=timeout,
             max_recovery_attempts=max_recovery_attempts, clock=self.clock,
         )
-        return WorkflowHandle(
-            start_workflow(self.store, self.dispatcher, row, on_duplicate, self.clock), self
-        )
+        if transaction is not None:
+            if self._in_transaction is None:
+                self._in_transaction = InTransaction(self.store, self.dispatcher, self.clock)
+            workflow_id = start_in_transaction(self._in_transaction, row, transaction, on_duplicate)
+        else:
+            workflow_id = start_workflow(self.store, self.dispatcher, row, on_duplicate, self.clock)
+        return WorkflowHandle(workflow_id, self)
 
 
 def _to_ms(value: Any) -> int | None:

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "retry", "clock", "context", "timeouts", "limits", "schedules", "local_processes", "fork_guard", "embedded_broker", "migrations",
     }),
     ("store", {"store"}),
-    ("dispatch", {"dispatch", "starting", "mailbox"}),
+    ("dispatch", {"dispatch", "starting", "mailbox", "in_transaction"}),
     ("engine", {"engine", "messaging", "transactions", "runner", "leases", "recovery"}),
     ("surfaces", {
         "app", "client", "helpers", "dispatched_steps", "canvas", "celery_binding", "pool_watch", "cli", "dashboard", "demo",
