@@ -103,7 +103,9 @@ class DatabaseClock:
     def _start_here(self) -> None:
         """First read in this process (or after fork): measure at once when
         nothing was ever measured, then keep measuring in a thread."""
-        with self._lock_for_this_process():
+        # the fork guard first, as every caller in a worker's main process
+        # holds it already: one order of the two locks, no deadlock
+        with no_fork_meanwhile(), self._lock_for_this_process():
             if self._pid == os.getpid():
                 return
             if self._offset_ms is None:
