@@ -22,6 +22,7 @@ from .database import Database
 from .dispatch import TASK_PREFIX, CeleryDispatcher, Dispatcher, configure_app
 from .dispatched_steps import Dispatched, StepAsWorkflow, TaskStep, step_workflow_name, task_workflow_name
 from .engine import Collaborators
+from .flow_admin import FlowAdmin
 from .limits import QueueLimits
 from .messaging import Messaging
 from .retry import RetryPolicy
@@ -477,6 +478,24 @@ class Durable(Management):
             return workflow
 
         return register
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        return self._flow_admin().list_queues()
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        return self._flow_admin().list_schedules()
+
+    def pause_schedule(self, name: str) -> None:
+        self._flow_admin().pause_schedule(name)
+
+    def resume_schedule(self, name: str) -> None:
+        self._flow_admin().resume_schedule(name)
+
+    def trigger_schedule(self, name: str) -> WorkflowHandle:
+        return WorkflowHandle(self._flow_admin().trigger_schedule(name), self)
+
+    def _flow_admin(self) -> FlowAdmin:
+        return FlowAdmin(self.store, self.dispatcher, self.settings, self.clock)
 
     # --- existing Celery canvases, made durable ---------------------------------
 

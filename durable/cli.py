@@ -106,6 +106,31 @@ def cmd_fork(args: argparse.Namespace) -> int:
     return 0
 
 
+def _flow_admin() -> Any:
+    from .flow_admin import FlowAdmin  # the sweeper's tick rows: not loaded for other commands
+
+    client = _client()
+    return FlowAdmin(client.store, client.dispatcher, client.settings, client.clock)
+
+
+def cmd_queues(args: argparse.Namespace) -> int:
+    _print_json(_flow_admin().list_queues())
+    return 0
+
+
+def cmd_schedules(args: argparse.Namespace) -> int:
+    admin = _flow_admin()
+    if args.action == "list":
+        _print_json(admin.list_schedules())
+    elif args.action == "pause":
+        admin.pause_schedule(args.name)
+    elif args.action == "resume":
+        admin.resume_schedule(args.name)
+    else:
+        print(admin.trigger_schedule(args.name))
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from .dashboard import serve
 
@@ -147,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     fork.add_argument("--from-step", type=int, required=True)
     fork.add_argument("--new-id", help="the fork's workflow ID (must not exist yet; default: a new UUID)")
     fork.set_defaults(func=cmd_fork)
+
+    queues = sub.add_parser("queues", help="queues: limits, running, backlog")
+    queues.add_subparsers(dest="action", required=True).add_parser("list").set_defaults(func=cmd_queues)
+
+    sched = sub.add_parser("schedules", help="list and steer schedules")
+    sched_sub = sched.add_subparsers(dest="action", required=True)
+    sched_sub.add_parser("list").set_defaults(func=cmd_schedules)
+    for action in ("pause", "resume", "trigger"):
+        p = sched_sub.add_parser(action)
+        p.add_argument("name")
+        p.set_defaults(func=cmd_schedules)
 
     dash = sub.add_parser("dashboard", help="serve the dashboard")
     dash.add_argument("--host", default="127.0.0.1")

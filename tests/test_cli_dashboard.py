@@ -247,3 +247,24 @@ def test_dashboard_paginates_and_reports_unknown_workflows(env: Env, dashboard: 
 def test_worker_wrapper_passes_options_after_double_dash_to_celery(tmp_path: Path) -> None:
     result = run_durable("worker", "--", "--help", database_url=f"sqlite:///{tmp_path / 'x.sqlite3'}", home=tmp_path)
     assert "--concurrency" in ok(result)
+
+
+def test_queues_and_schedules_from_the_command_line(env: Env) -> None:
+    from durable.limits import QueueLimits
+    from durable.schedules import Schedule
+
+    ok(env.run("migrate"))
+    store = env.client.store
+    store.upsert_queue(QueueLimits("emails", concurrency=10, rate_limit="100/m"), 0)
+    store.upsert_schedule(Schedule("nightly", "nightly", cron="0 3 * * *"), 0)
+    env.client.enqueue("send_mail", queue="emails")
+    [emails] = [q for q in json.loads(ok(env.run("queues", "list"))) if q["name"] == "emails"]
+    assert (emails["concurrency"], emails["rate_limit"], emails["backlog"]) == (10, "100/m", 1)
+    [nightly] = json.loads(ok(env.run("schedules", "list")))
+    assert nightly["cron"] == "0 3 * * *" and nightly["paused"] is False
+    ok(env.run("schedules", "pause", "nightly"))
+    assert json.loads(ok(env.run("schedules", "list")))[0]["paused"] is True
+    ok(env.run("schedules", "resume", "nightly"))
+    tick = ok(env.run("schedules", "trigger", "nightly")).strip()
+    assert tick.startswith("nightly@") and env.client.get(tick).name == "nightly"
+    assert "no schedule named 'nope'" in fails_cleanly(env.run("schedules", "pause", "nope"))

@@ -222,3 +222,34 @@ def test_limits_and_options_are_checked_where_they_are_given(cluster: Cluster) -
     with pytest.raises(ValueError, match="exactly one"):
         dur.scheduled(name="neither")
     assert dur.list_workflows() == []
+
+
+def test_operators_list_and_steer_queues_and_schedules(cluster: Cluster) -> None:
+    dur = cluster.dur
+    dur.queue("q", concurrency=1)
+    sleeper = _sleeper(cluster, "q")
+    ran: list[dt.datetime] = []
+
+    @dur.scheduled(cron="*/15 * * * *", name="sync", timezone="Europe/Paris")
+    def sync(scheduled_at: dt.datetime) -> None:
+        ran.append(scheduled_at)
+
+    dur.runner.declare()
+    sleeper.start(10.0), sleeper.start(10.0)
+    cluster.drive()
+    [q] = [q for q in dur.list_queues() if q["name"] == "q"]
+    assert (q["concurrency"], q["running"], q["backlog"]) == (1, 1, 1)
+    [s] = dur.list_schedules()
+    assert s["name"] == "sync" and s["cron"] == "*/15 * * * *" and not s["paused"]
+    assert s["next_tick"].minute % 15 == 0
+    dur.pause_schedule("sync")
+    cluster.clock.advance(3600)
+    cluster.sweep()
+    cluster.drive()
+    assert ran == [] and dur.list_schedules()[0]["paused"]
+    dur.resume_schedule("sync")
+    handle = dur.trigger_schedule("sync")
+    cluster.drive()
+    assert handle.status().status is Status.SUCCESS and len(ran) == 1
+    with pytest.raises(ValueError, match="no schedule"):
+        dur.pause_schedule("nope")
