@@ -475,6 +475,36 @@ class Bench:
                 finally:
                     self.stop_workers(w)
 
+    def limits(self) -> None:
+        """500 workflows of 10 no-op steps on a queue whose concurrency limit
+        is set too high to bind, against the same workload on a queue
+        without limits: the gate's cost on every start."""
+        count = 100 if self.quick else 500
+        rounds = 2 if self.quick else 3
+        raw = self.results["raw"].setdefault("limits", [])
+        kinds = ["unlimited", "limited"]
+        for r in range(rounds):
+            for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
+                queue = "celery" if kind == "unlimited" else "bench-limited"
+                log(f"limits round {r + 1}/{rounds}: {kind} (queue {queue})")
+                w = QuietWorker(self.base_env(), self.logs / f"limits-{uuid.uuid4().hex[:6]}.log")
+                w.args[w.args.index("-Q") + 1] = "celery,bench-limited"
+                w.start()
+                self.live.append(w)
+                try:
+                    for label, n in (("warm", 4), ("run", count)):
+                        prefix = f"lim-{label}-{kind}-{r}-"
+                        t0 = time.time()
+                        for i in range(n):
+                            self.dur.registry["bench.steps"].options(workflow_id=f"{prefix}{i}", queue=queue).start(10)
+                        _, last_ms = wait_until(lambda: (lambda c: c if c[0] >= n else None)(self.durable_done(prefix)),
+                                                300, f"{n} workflows on {queue}", 0.05)
+                    secs = last_ms / 1000 - t0
+                    raw.append(dict(kind=kind, round=r, workflows=count, seconds=secs, workflows_per_s=count / secs))
+                    log(f"  {count / secs:.1f} wf/s")
+                finally:
+                    self.stop_workers(w)
+
     def canvases_done(self, prefix: str) -> tuple[int, int | None]:
         row = self.sql.execute(
             "SELECT count(*), max(completed_at_ms) FROM durable_workflows "
@@ -669,6 +699,18 @@ class Bench:
                         pairs.append(a[0]["chains_per_s"] / b[0]["chains_per_s"])
                 if pairs:
                     out[f"durable_vs_{other}"] = median(pairs)
+        lim = self.results["raw"].get("limits", [])
+        if lim:
+            out = s["limits"] = {k: dict(workflows_per_s=median([r["workflows_per_s"] for r in lim if r["kind"] == k]))
+                                 for k in ("unlimited", "limited")}
+            pairs = []
+            for rd in sorted({r["round"] for r in lim}):
+                a = [r for r in lim if r["round"] == rd and r["kind"] == "limited"]
+                b = [r for r in lim if r["round"] == rd and r["kind"] == "unlimited"]
+                if a and b:
+                    pairs.append(a[0]["workflows_per_s"] / b[0]["workflows_per_s"])
+            if pairs:
+                out["limited_vs_unlimited"] = median(pairs)
         rec = self.results["raw"].get("recovery", [])
         if rec:
             out = s["recovery"] = {}
@@ -703,6 +745,14 @@ class Bench:
         s = self.results["summary"]
         lines = []
         f = lambda v, fmt="{:.1f}": "-" if v is None else fmt.format(v)  # noqa: E731
+        if "limits" in s:
+            m = s["limits"]
+            lines.append("A queue with a concurrency limit too high to bind vs no limit (workflows of 10 no-op steps)")
+            for k in ("unlimited", "limited"):
+                lines.append(f"  {k:16} {f(m[k]['workflows_per_s'])} wf/s")
+            if "limited_vs_unlimited" in m:
+                lines.append(f"  limited / unlimited: {f(m['limited_vs_unlimited'], '{:.2f}')}x (median of per-round ratios)")
+            lines.append("")
         if "chains" in s:
             c = s["chains"]
             lines.append("Chains of 10 no-op Celery tasks (2 worker processes): dur.chain vs Celery's chain with acks_late")
@@ -758,7 +808,7 @@ class Bench:
         return "\n".join(lines)
 
     def run(self) -> int:
-        parts = self.args.only.split(",") if self.args.only else ["throughput", "recovery", "replay", "memory", "chains"]
+        parts = self.args.only.split(",") if self.args.only else ["throughput", "recovery", "replay", "memory", "chains", "limits"]
         self.systems = [s for s in SYSTEMS if s in self.args.systems.split(",")]
         started = time.time()
         try:
@@ -787,7 +837,7 @@ class Bench:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer workflows and rounds (~1.5 min)")
-    p.add_argument("--only", default="", help="comma list of: throughput,recovery,replay,memory,chains")
+    p.add_argument("--only", default="", help="comma list of: throughput,recovery,replay,memory,chains,limits")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of: " + ",".join(SYSTEMS))
     p.add_argument("--dbos-concurrency", type=int, default=8,
                    help="DBOS worker_concurrency per process (2 processes); with 1, one dequeue per poll caps DBOS at 2/poll wf/s")

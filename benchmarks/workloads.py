@@ -21,6 +21,10 @@ def _mark(name: str, text: str) -> None:
         f.write(text + "\n")
 
 
+# A limit too high to bind: what the gate costs every start (benchmarks.run --only limits).
+dur.queue("bench-limited", concurrency=100_000)
+
+
 @dur.celery.task(name="bench.noop_task")
 def noop_task(i: int) -> int:
     """A plain Celery task, for `dur.chain` against Celery's own chain."""
