@@ -8,6 +8,7 @@ the engine or the worker (a test holds it to that).
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from typing import Any, Sequence
 
@@ -17,7 +18,7 @@ from . import mailbox
 from . import serialization as ser
 from .clock import SYSTEM_CLOCK, Clock
 from .context import current_execution, in_workflow_code
-from .database import Database
+from .database import Database, retry_while_unavailable
 from .dispatch import CeleryDispatcher, Dispatcher, configure_app, publish_if_runnable
 from .errors import DuplicateWorkflowError, SerializationError, WorkflowNotFoundError
 from .records import (
@@ -33,13 +34,21 @@ from .settings import Settings
 from .in_transaction import InTransaction, start_in_transaction
 from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import DedupConflict, Store
+from .store.listen import EndedListener
 
 __all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
+
+# Waiting for a result on Postgres: how long the first wait gives the LISTEN
+# connection to come up, and the slow poll kept as a safety net meanwhile.
+LISTEN_WAIT_SECONDS = 2.0
+SAFETY_POLL_FIRST_SECONDS = 0.5
+SAFETY_POLL_MAX_SECONDS = 5.0
 
 
 class WorkflowHandle:
     """A started workflow. Inside a workflow, `result()` suspends the caller
-    until this one ends; elsewhere it polls the database."""
+    until this one ends; elsewhere it waits for the end: woken by the
+    database's notification on Postgres, polling (backed off) on SQLite."""
 
     def __init__(self, workflow_id: str, management: "Management"):
         self.workflow_id = workflow_id
@@ -52,28 +61,62 @@ class WorkflowHandle:
         return self._management.get(self.workflow_id)
 
     def result(self, timeout: float | None = None, poll_interval_seconds: float = 0.2) -> Any:
+        """The workflow's output, or its error raised; TimeoutError when it is
+        still running after `timeout` seconds. `poll_interval_seconds` is the
+        longest pause between two looks where nothing notifies (SQLite, or
+        Postgres while the LISTEN connection is down)."""
         execution = in_workflow_code()
         if execution is not None:
             return execution.await_workflow(self.workflow_id, timeout)
-        store = self._management.store
         clock = self._management.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
-        backoff = Backoff(0.005, poll_interval_seconds)
-        while True:
-            outcome = store.workflow_outcome(self.workflow_id)
-            if outcome is None:
-                raise WorkflowNotFoundError(self.workflow_id)
-            status = outcome["status"]
-            if status == Status.SUCCESS.value:
-                return ser.loads(outcome["output"])
-            if status not in (Status.ENQUEUED.value, Status.PENDING.value):
-                raise ser.outcome_error(self.workflow_id, status, outcome["error"])
-            remaining = None if deadline is None else deadline - clock.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(
-                    f"workflow {self.workflow_id!r} still {status} after {timeout}s"
-                )
-            clock.sleep(backoff.next_pause(remaining))
+        listener = self._management.ended_listener()
+        if listener is None:
+            backoff = Backoff(0.005, poll_interval_seconds)
+            while True:
+                ended, output = self._look(deadline, timeout)
+                if ended:
+                    return output
+                clock.sleep(backoff.next_pause(self._remaining(deadline)))
+        woken = threading.Event()
+        unsubscribe = listener.subscribe(self.workflow_id, woken.set)
+        try:
+            listener.wait_listening(LISTEN_WAIT_SECONDS)
+            safety_net = Backoff(SAFETY_POLL_FIRST_SECONDS, SAFETY_POLL_MAX_SECONDS)
+            unheard = Backoff(0.005, poll_interval_seconds)
+            while True:
+                woken.clear()  # before the look: an end notified after it wakes the wait below
+                ended, output = self._look(deadline, timeout)
+                if ended:
+                    return output
+                pause = (safety_net if listener.listening else unheard).next_pause(self._remaining(deadline))
+                woken.wait(pause)
+        finally:
+            unsubscribe()
+
+    def _remaining(self, deadline: float | None) -> float | None:
+        return None if deadline is None else deadline - self._management.clock.monotonic()
+
+    def _look(self, deadline: float | None, timeout: float | None) -> tuple[bool, Any]:
+        """One look at the workflow: (True, output) when it succeeded; its
+        error raised when it failed; TimeoutError past the deadline; (False,
+        None) while it runs."""
+        management = self._management
+        outcome = retry_while_unavailable(  # a waiting client survives a database restart
+            lambda: management.store.workflow_outcome(self.workflow_id), "waiting for a result",
+            clock=management.clock,
+        )
+        if outcome is None:
+            raise WorkflowNotFoundError(self.workflow_id)
+        status = outcome["status"]
+        if status == Status.SUCCESS.value:
+            return True, ser.loads(outcome["output"])
+        if status not in (Status.ENQUEUED.value, Status.PENDING.value):
+            raise ser.outcome_error(self.workflow_id, status, outcome["error"])
+        remaining = self._remaining(deadline)
+        if remaining is not None and remaining <= 0:
+            raise TimeoutError(f"workflow {self.workflow_id!r} still {status} after {timeout}s")
+        return False, None
 
 
 def _error_info(text: str | None) -> ErrorInfo | None:
@@ -150,6 +193,23 @@ class Management:
         self.dispatcher = dispatcher
         self.settings = settings
         self.clock = clock
+        self._ended_listener: EndedListener | None = None
+
+    def ended_listener(self) -> EndedListener | None:
+        """This process's LISTEN on ended workflows (Postgres; None on SQLite)."""
+        if self.store.db.is_sqlite:
+            return None
+        if self._ended_listener is None:
+            self._ended_listener = EndedListener(self.store.db)
+        return self._ended_listener
+
+    def close(self) -> None:
+        """Stop waiting for notifications and close the database connections
+        (a web app's shutdown). A later call opens them again."""
+        if self._ended_listener is not None:
+            self._ended_listener.stop()
+            self._ended_listener = None
+        self.store.db.dispose()
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(workflow_id, self)

@@ -19,8 +19,10 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    event,
     text,
 )
+from sqlalchemy.schema import DDL
 
 metadata = MetaData()
 
@@ -223,6 +225,34 @@ event_waiters = Table(
     ),
     Index("ix_durable_event_waiters_waiter", "waiter_workflow_id"),
 )
+
+
+# Postgres: a workflow's end (any path: finish, cancel, quarantine, timeout)
+# notifies ENDED_CHANNEL with its ID, in the ending transaction itself, so
+# a client waiting for the result LISTENs instead of polling (client.py).
+# A trigger, not a call in each ending statement: no path can forget it.
+ENDED_CHANNEL = "durable_workflow_ended"
+NOTIFY_ENDED_SQL = (
+    """
+CREATE OR REPLACE FUNCTION durable_notify_workflow_ended() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('durable_workflow_ended', NEW.workflow_id);
+    RETURN NULL;
+END
+$$""",
+    """
+CREATE TRIGGER durable_workflow_ended
+AFTER UPDATE OF status ON durable_workflows
+FOR EACH ROW
+WHEN (OLD.status IN ('ENQUEUED', 'PENDING') AND NEW.status NOT IN ('ENQUEUED', 'PENDING'))
+EXECUTE PROCEDURE durable_notify_workflow_ended()""",
+)
+for _statement in NOTIFY_ENDED_SQL:
+    event.listen(
+        workflows, "after_create",
+        DDL(_statement).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+    )
 
 
 # --- in an application database of its own (`app_database_url`) ---------------

@@ -1,0 +1,163 @@
+"""The web-app client (issue 13): how soon a result wait wakes, and what an
+enqueue costs, against Celery's `apply_async` in the same run.
+
+    .venv/bin/python -m benchmarks.web_client            # ~1 minute
+    .venv/bin/python -m benchmarks.web_client --waits 100 --enqueues 300
+
+Starts its own Postgres and Redis on loopback and one durable worker
+(prefork, 2 children); every process it starts is stopped by its PID.
+
+- wake: `n` workflows of one no-op step, one at a time: enqueue, then
+  `handle.result()`. The figure is the time from the workflow's end
+  (`completed_at_ms`, written by the worker with the same host's clock)
+  to `result()` returning, in ms. Measured with the LISTEN/NOTIFY wait and,
+  for contrast, with the notification ignored (backed-off polling, as on
+  SQLite).
+- enqueue: p50/p99 of `n` calls each, interleaved (A B C ..., then again),
+  no worker consuming meanwhile: `wf.start()` (a `Durable` app in this
+  process), `DurableClient.enqueue()`, `await client.enqueue_async()` (on
+  one event loop), `enqueue(..., transaction=session)` inside a SQLAlchemy
+  Session's transaction (the commit included), and Celery's
+  `task.apply_async()` of a no-op task on the same Redis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks.run import QuietWorker, pct  # noqa: E402
+from tests.servers import Postgres, Redis  # noqa: E402
+
+
+def _summary(values: list[float]) -> str:
+    return f"p50 {pct(values, 0.5):8.2f}  p99 {pct(values, 0.99):8.2f}  (n={len(values)})"
+
+
+def wake(client: Any, sql: Any, n: int, notify: bool) -> list[float]:
+    if not notify:
+        client.ended_listener = lambda: None  # as on SQLite: backed-off polling
+    figures = []
+    for _ in range(n):
+        handle = client.enqueue("bench.steps", args=[1])
+        handle.result(timeout=60)
+        returned_ms = time.time() * 1000
+        (completed_ms,) = sql.execute(
+            "SELECT completed_at_ms FROM durable_workflows WHERE workflow_id = %s", (handle.workflow_id,)
+        ).fetchone()
+        figures.append(returned_ms - completed_ms)
+    if not notify:
+        del client.ended_listener
+    return figures
+
+
+def enqueue_latencies(dur: Any, client: Any, engine: Any, celery_task: Any, n: int) -> dict[str, list[float]]:
+    from sqlalchemy.orm import Session
+
+    workflow = dur.registry["bench.steps"]
+    loop = asyncio.new_event_loop()
+
+    def in_session() -> None:
+        with Session(engine) as session, session.begin():
+            client.enqueue("bench.steps", args=[1], transaction=session)
+
+    calls: dict[str, Callable[[], Any]] = {
+        "start()": lambda: workflow.start(1),
+        "enqueue()": lambda: client.enqueue("bench.steps", args=[1]),
+        "enqueue_async()": lambda: loop.run_until_complete(client.enqueue_async("bench.steps", args=[1])),
+        "enqueue(transaction=session) + commit": in_session,
+        "celery apply_async()": lambda: celery_task.apply_async(args=[0]),
+    }
+    if not hasattr(client, "enqueue_async"):
+        del calls["enqueue_async()"]
+    for call in calls.values():  # warm up: connections, compiled statements
+        for _ in range(20):
+            call()
+    figures: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    for i in range(n):
+        for name in order if i % 2 == 0 else reversed(order):
+            started = time.perf_counter()
+            calls[name]()
+            figures[name].append((time.perf_counter() - started) * 1e6)
+    loop.close()
+    return figures
+
+
+def _noop(i: int) -> int:
+    return i
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--waits", type=int, default=100)
+    parser.add_argument("--enqueues", type=int, default=300)
+    args = parser.parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="durable-webbench-"))
+    os.chmod(tmp, 0o755)
+    pg = redis = worker = None
+    try:
+        pg = Postgres(tmp / "pg").start()
+        redis = Redis(tmp / "redis").start()
+        url = pg.create_database("bench_web")
+        broker = redis.url.rsplit("/", 1)[0] + "/0"
+        for k in [k for k in os.environ if k.startswith("DURABLE_")]:
+            del os.environ[k]
+        os.environ.update(
+            DURABLE_HOME=str(tmp / "home"), DURABLE_DATABASE_URL=url, DURABLE_BROKER_URL=broker,
+            DURABLE_IMPORTS="benchmarks.workloads", DURABLE_AUTO_MIGRATE="1", PYTHONPATH=str(REPO),
+            BENCH_DIR=str(tmp),
+        )
+        import psycopg
+        from celery import Celery
+        from sqlalchemy import create_engine
+
+        from durable import DurableClient
+        from workers.app import dur
+
+        __import__("benchmarks.workloads")
+        dur.migrate()
+        client = DurableClient(database_url=url, broker_url=broker)
+        sql = psycopg.connect(url.replace("+psycopg", ""), autocommit=True)
+        worker = QuietWorker(dict(os.environ), tmp / "worker.log")
+        worker.start()
+        wake(client, sql, 10, notify=True)  # warm-up
+        woken = wake(client, sql, args.waits, notify=True)
+        polled = wake(client, sql, args.waits, notify=False)
+        worker.stop()
+        worker = None
+        celery = Celery("bench_web_celery", broker=redis.url.rsplit("/", 1)[0] + "/1")
+        noop = celery.task(name="bench.web_noop", ignore_result=True)(_noop)
+        engine = create_engine(url)
+        latencies = enqueue_latencies(dur, client, engine, noop, args.enqueues)
+        client.close()
+        print(f"\nresult wake, ms from the workflow's end to result() returning ({args.waits} waits, one at a time)")
+        print(f"  LISTEN/NOTIFY          {_summary(woken)}")
+        print(f"  backed-off polling     {_summary(polled)}")
+        print(f"\nenqueue latency, us ({args.enqueues} calls each, interleaved, nothing consuming)")
+        for name, values in latencies.items():
+            print(f"  {name:40s} {_summary(values)}")
+        return 0
+    finally:
+        if worker is not None:
+            worker.stop()
+        if redis is not None:
+            redis.stop()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
