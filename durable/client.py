@@ -7,6 +7,8 @@ the engine or the worker (a test holds it to that).
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import threading
 import uuid
@@ -93,6 +95,47 @@ class WorkflowHandle:
                 woken.wait(pause)
         finally:
             unsubscribe()
+
+    async def result_async(self, timeout: float | None = None, poll_interval_seconds: float = 0.2) -> Any:
+        """`result()` for asyncio code: the event loop keeps running while it
+        waits. The wait itself holds no thread (a notification sets an
+        asyncio event through `call_soon_threadsafe`); each look at the row
+        is a short blocking query, run in the loop's default executor."""
+        if in_workflow_code() is not None:
+            raise RuntimeError("result_async() is for asyncio code outside workflows; a workflow uses result()")
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else self._management.clock.monotonic() + timeout
+        listener = self._management.ended_listener()
+        woken = asyncio.Event()
+
+        def wake() -> None:  # from the listener's thread
+            loop.call_soon_threadsafe(woken.set)
+
+        unsubscribe = None
+        if listener is not None:
+            unsubscribe = listener.subscribe(self.workflow_id, wake)
+        try:
+            if listener is not None and not listener.listening:
+                await loop.run_in_executor(None, listener.wait_listening, LISTEN_WAIT_SECONDS)
+            safety_net = Backoff(SAFETY_POLL_FIRST_SECONDS, SAFETY_POLL_MAX_SECONDS)
+            unheard = Backoff(0.005, poll_interval_seconds)
+            while True:
+                woken.clear()
+                ended, output = await loop.run_in_executor(None, self._look, deadline, timeout)
+                if ended:
+                    return output
+                heard = listener is not None and listener.listening
+                pause = (safety_net if heard else unheard).next_pause(self._remaining(deadline))
+                try:
+                    await asyncio.wait_for(woken.wait(), pause)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            if unsubscribe is not None:
+                unsubscribe()
+
+    async def status_async(self) -> WorkflowStatus:
+        return await self._management.get_async(self.workflow_id)
 
     def _remaining(self, deadline: float | None) -> float | None:
         return None if deadline is None else deadline - self._management.clock.monotonic()
@@ -213,6 +256,13 @@ class Management:
 
     def handle(self, workflow_id: str) -> WorkflowHandle:
         return WorkflowHandle(workflow_id, self)
+
+    async def get_async(self, workflow_id: str, with_payloads: bool = True) -> WorkflowStatus:
+        """`get()` for asyncio code: its one query runs in the loop's default
+        executor."""
+        return await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(self.get, workflow_id, with_payloads)
+        )
 
     def get(self, workflow_id: str, with_payloads: bool = True) -> WorkflowStatus:
         row = self.store.workflow_row(workflow_id)
@@ -427,6 +477,34 @@ class DurableClient(Management):
         else:
             workflow_id = start_workflow(self.store, self.dispatcher, row, on_duplicate, self.clock)
         return WorkflowHandle(workflow_id, self)
+
+
+    async def enqueue_async(
+        self,
+        workflow_name: str,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        workflow_id: str | None = None,
+        queue: str | None = None,
+        dedup_key: str | None = None,
+        priority: int = 0,
+        timeout: float | None = None,
+        max_recovery_attempts: int | None = None,
+        on_duplicate: str = "raise",
+    ) -> WorkflowHandle:
+        """`enqueue()` for asyncio code (FastAPI, Starlette): the insert and the
+        publish run in the loop's default executor, so the loop keeps
+        serving meanwhile. Both are blocking calls underneath (SQLAlchemy's
+        engine, kombu's producer): an executor thread is what keeps them off
+        the loop without a second, async copy of the store. To enqueue in an
+        `AsyncSession`'s transaction, run the sync call on its session:
+        `await session.run_sync(lambda s: client.enqueue(..., transaction=s))`."""
+        call = functools.partial(
+            self.enqueue, workflow_name, args, kwargs, workflow_id=workflow_id, queue=queue,
+            dedup_key=dedup_key, priority=priority, timeout=timeout,
+            max_recovery_attempts=max_recovery_attempts, on_duplicate=on_duplicate,
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, call)
 
 
 def _to_ms(value: Any) -> int | None:

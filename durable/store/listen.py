@@ -132,11 +132,17 @@ class EndedListener:
     def _wake(self, workflow_id: str) -> None:
         with self._lock:
             wakes = list(self._waiters.get(workflow_id, ()))
-        for wake in wakes:
-            wake()
+        _call_each(wakes)
 
     def _wake_all(self) -> None:
         with self._lock:
             wakes = [w for ws in self._waiters.values() for w in ws]
-        for wake in wakes:
+        _call_each(wakes)
+
+
+def _call_each(wakes: list[Wake]) -> None:
+    for wake in wakes:
+        try:
             wake()
+        except Exception:  # noqa: BLE001 - an event loop closed meanwhile: its waiter is gone
+            logger.debug("a waiter could not be woken", exc_info=True)

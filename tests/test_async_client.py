@@ -1,0 +1,131 @@
+"""The client from asyncio code (issue 13): `enqueue_async`, `result_async`
+and `get_async` leave the event loop free while they work or wait. Real
+Postgres, Redis and a worker; each test drives its own loop with
+`asyncio.run`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+from durable import DurableClient, Settings, Status
+from durable.errors import WorkflowNotFoundError
+from tests.harness import Backend
+
+
+@pytest.fixture
+def backend(pg_backend: Backend) -> Backend:
+    return pg_backend
+
+
+class Ticker:
+    """Another coroutine on the same loop, counting its turns: a loop that a
+    blocking call held would give it none."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.stopped = False
+
+    async def run(self) -> None:
+        while not self.stopped:
+            self.ticks += 1
+            await asyncio.sleep(0.01)
+
+
+def test_enqueue_and_wait_async_while_the_loop_keeps_serving(client: DurableClient, start_worker, effects_dir):
+    start_worker()
+
+    async def main() -> dict[str, Any]:
+        ticker = Ticker()
+        ticking = asyncio.create_task(ticker.run())
+        handle = await client.enqueue_async("slow_workflow", args=["done", 2.0])
+        status = await client.get_async(handle.workflow_id)
+        ticks_before = ticker.ticks
+        # meanwhile "another request" is answered: a status read on the same loop
+        other = asyncio.create_task(handle.status_async())
+        result = await handle.result_async(timeout=60)
+        ticks_during = ticker.ticks - ticks_before
+        ticker.stopped = True
+        await ticking
+        return dict(result=result, status=status, other=await other, ticks=ticks_during)
+
+    seen = asyncio.run(main())
+    assert seen["result"] == "done"
+    assert seen["status"].status in (Status.ENQUEUED, Status.PENDING)
+    assert seen["other"].workflow_id == seen["status"].workflow_id
+    # a 2 s step: a loop blocked by the wait would have let the ticker run
+    # once or not at all; free, it runs about every 10 ms
+    assert seen["ticks"] > 20, seen["ticks"]
+
+
+def test_async_errors_and_timeouts(client: DurableClient, start_worker, effects_dir):
+    start_worker()
+
+    async def main() -> None:
+        with pytest.raises(WorkflowNotFoundError):
+            await client.get_async("no-such-workflow")
+        with pytest.raises(WorkflowNotFoundError):
+            await client.handle("no-such-workflow").result_async(timeout=5)
+        slow = await client.enqueue_async("slow_workflow", args=["late", 30.0])
+        with pytest.raises(TimeoutError):
+            await slow.result_async(timeout=0.5)
+        failing = await client.enqueue_async("fails", args=["boom"])
+        with pytest.raises(Exception, match="boom"):
+            await failing.result_async(timeout=60)
+        with pytest.raises(TypeError):  # checked before anything is written, as enqueue() does
+            await client.enqueue_async("ten_steps", args="not a list")
+
+    asyncio.run(main())
+    assert [w.name for w in client.list_workflows()] == ["fails", "slow_workflow"]
+
+
+def test_enqueue_in_an_async_session_transaction(client: DurableClient, backend: Backend, start_worker, effects_dir):
+    """An AsyncSession: the sync enqueue runs on its session through
+    run_sync; the workflow is published after the async commit."""
+    client.store.db.ensure_schema()
+    start_worker()
+    engine = create_async_engine(backend.database_url)
+
+    async def main() -> Any:
+        async with engine.begin() as conn:
+            await conn.execute(text("CREATE TABLE orders (id text PRIMARY KEY)"))
+        async with AsyncSession(engine) as session:
+            async with session.begin():
+                await session.execute(text("INSERT INTO orders VALUES ('o-1')"))
+                handle = await session.run_sync(
+                    lambda s: client.enqueue("ten_steps", workflow_id="order-o-1", transaction=s)
+                )
+        async with AsyncSession(engine) as session:
+            async with session.begin():
+                await session.run_sync(
+                    lambda s: client.enqueue("ten_steps", workflow_id="order-o-2", transaction=s)
+                )
+                await session.rollback()
+        result = await handle.result_async(timeout=60)
+        await engine.dispose()
+        return result
+
+    assert asyncio.run(main())["sum"] == 385
+    with pytest.raises(WorkflowNotFoundError):
+        client.get("order-o-2")
+
+
+def test_sqlite_waits_async_by_polling(tmp_path: Path) -> None:
+    client = DurableClient(settings=Settings(home=str(tmp_path), database_url=f"sqlite:///{tmp_path / 'd.sqlite3'}"))
+
+    async def main() -> int:
+        ticker = Ticker()
+        ticking = asyncio.create_task(ticker.run())
+        handle = await client.enqueue_async("wf", workflow_id="w")
+        with pytest.raises(TimeoutError):
+            await handle.result_async(timeout=0.5)
+        ticker.stopped = True
+        await ticking
+        return ticker.ticks
+
+    assert asyncio.run(main()) > 5
