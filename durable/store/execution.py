@@ -33,6 +33,8 @@ _STEP_COLUMNS = (
     "workflow_id", "step_id", "name", "status", "output", "error", "attempt_errors",
     "attempts", "child_workflow_id", "next_attempt_at_ms", "started_at_ms", "completed_at_ms",
 )
+# isolation levels whose reads all see the transaction's first snapshot
+_SNAPSHOT_LEVELS = ("REPEATABLE READ", "SERIALIZABLE")
 _STEP_TYPES: dict[str, type[TypeEngine[Any]]] = {
     "workflow_id": String, "step_id": Integer, "name": String, "status": String,
     "output": Text, "error": Text, "attempt_errors": Text, "attempts": Integer,
@@ -74,7 +76,7 @@ class Claim:
 class ExecutionSql(StoreBase):
     def __init__(self, database: Database):
         super().__init__(database)
-        self._fenced_step_upserts: dict[frozenset[str], Prebuilt] = {}
+        self._fenced_step_upserts: dict[tuple[frozenset[str], bool], Prebuilt] = {}
         self._claim_unleased_stmt = Prebuilt(database, _build_claim_unleased(database.is_sqlite))
         self._finish_stmt = Prebuilt(database, _build_finish())
         self._finish_then_start: dict[tuple[str, ...], Prebuilt] = {}
@@ -350,26 +352,56 @@ class ExecutionSql(StoreBase):
         """Write a step row fenced by the epoch. False: nothing was written
         (lease lost, workflow no longer running, or the outcome already final)."""
         params = {c: values[c] for c in _STEP_COLUMNS if values.get(c) is not None}
-        key = frozenset(params)
+        # a caller's REPEATABLE READ or SERIALIZABLE transaction (a
+        # @transaction step's) cannot lock the fence: see below
+        level = str(conn.get_execution_options().get("isolation_level", "")) if conn is not None else ""
+        locked = level.upper().replace("_", " ") not in _SNAPSHOT_LEVELS
+        key = (frozenset(params), locked)
         upsert = self._fenced_step_upserts.get(key)
         if upsert is None:
-            columns = tuple(c for c in _STEP_COLUMNS if c in key)
+            columns = tuple(c for c in _STEP_COLUMNS if c in params)
             upsert = self._fenced_step_upserts[key] = Prebuilt(
-                self.db, self._build_fenced_step_upsert(columns)
+                self.db, self._build_fenced_step_upsert(columns, locked)
             )
         params["fence_epoch"] = epoch
         return upsert.first(params, conn) is not None
 
-    def _build_fenced_step_upsert(self, columns: tuple[str, ...]) -> ExecutableReturnsRows:
+    def _build_fenced_step_upsert(self, columns: tuple[str, ...], locked: bool) -> ExecutableReturnsRows:
         """INSERT the step row only while the execution still holds the lease;
         a RETRYING row may be advanced, a final outcome never replaced. One
         statement per set of columns given: a plain success sends 7 values,
-        not all 12 (the others are NULL, and so are their `excluded` values)."""
-        fence = exists().where(
+        not all 12 (the others are NULL, and so are their `excluded` values).
+
+        `locked`: the fence locks the workflow row it reads (FOR SHARE on
+        Postgres) to the end of the write's transaction, in the same
+        statement. A takeover that committed after the statement's snapshot
+        is then seen (Postgres checks the row's newest version again before
+        it locks it), and a takeover that comes later waits until the write
+        committed, so the new execution's claim reads it. Read unlocked, the
+        row as the snapshot saw it let a zombie's write land after the
+        takeover, unseen by the new execution, which would adopt it when it
+        came to that step. FOR KEY SHARE would not do: it neither waits for
+        nor re-checks an update that changes no key column.
+
+        Not locked inside a REPEATABLE READ or SERIALIZABLE transaction:
+        there a lock on a row updated since the snapshot fails, and the
+        worker renews the lease (updates the row) every lease_seconds / 3,
+        so a transaction longer than that could never commit. Its fence
+        reads the snapshot: a zombie's transaction may then commit its
+        writes and its outcome together after a takeover, and the new
+        execution adopts that outcome (its own writes roll back with its
+        refused checkpoint): the step still takes effect once.
+
+        SQLite has no row locks: its one writer at a time serializes the
+        write and the takeover already."""
+        fence_row = select(W.workflow_id).where(
             W.workflow_id == bindparam("workflow_id", type_=String),
             W.lease_epoch == bindparam("fence_epoch", type_=Integer),
             W.status == Status.PENDING.value,
         )
+        if locked and not self.db.is_sqlite:
+            fence_row = fence_row.with_for_update(read=True)
+        fence = fence_row.exists()
         source = select(*[bindparam(c, type_=_STEP_TYPES[c]) for c in columns]).where(fence)
         stmt = self._insert(steps).from_select(list(columns), source)
         updatable = [c for c in _STEP_COLUMNS if c not in ("workflow_id", "step_id", "started_at_ms")]
