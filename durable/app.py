@@ -31,6 +31,7 @@ from .schedules import Schedule, seconds_to_ms
 from .settings import Settings
 from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import Store
+from .store.db_clock import database_clock
 from .transactions import Transactions, check_transaction_signature
 
 logger = logging.getLogger("durable")
@@ -205,6 +206,8 @@ class Durable(Management):
             auto_migrate=self.settings.auto_migrate,
             migration_lock_timeout_seconds=self.settings.migration_lock_timeout_seconds,
         ))
+        if clock is SYSTEM_CLOCK:  # a test hands its own clock
+            clock = database_clock(store.db)  # leases and timers on the database's clock
         super().__init__(store, dispatcher or CeleryDispatcher(self.celery), self.settings, clock)
         self.registry = Registry(self)
         self.transactions = Transactions(self.settings, store.db, clock)

@@ -80,7 +80,7 @@ def run_workflow(task: Task, workflow_id: str, workflow_name: str | None = None)
     delivered_on = (task.request.delivery_info or {}).get("routing_key")
     delivery = _runner_of(task.app).deliver(workflow_id, workflow_name, delivered_on)
     if delivery.failed:
-        raise WorkflowExecutionFailed(delivery)
+        raise WorkflowExecutionFailed(_failure_text(delivery))
     if delivery.ending is not None:
         return f"{delivery.ending.kind}: {delivery.workflow_id}"
     return f"{delivery.kind}: {delivery.workflow_id}"
@@ -88,15 +88,18 @@ def run_workflow(task: Task, workflow_id: str, workflow_name: str | None = None)
 
 class WorkflowExecutionFailed(Exception):
     """What Flower shows for an execution that ended its workflow ERROR,
-    quarantined it, or found it unknown."""
+    quarantined it, or found it unknown (one string argument: Celery
+    pickles it into the failure event)."""
 
-    def __init__(self, delivery: Delivery):
-        try:
-            error = ser.loads_error(delivery.error) or {}
-            detail = f"{error.get('type', 'error')}: {error.get('message', '')}"
-        except (ValueError, AttributeError):
-            detail = str(delivery.error)
-        super().__init__(f"workflow {delivery.workflow_id} {delivery.kind}: {detail}")
+
+def _failure_text(delivery: Delivery) -> str:
+    try:
+        error = ser.loads_error(delivery.error) or {}
+        detail = f"{error.get('type', 'error')}: {error.get('message', '')}"
+    except (ValueError, AttributeError):
+        detail = str(delivery.error)
+    outcome = "ended ERROR" if delivery.kind == "executed" else delivery.kind
+    return f"workflow {delivery.workflow_id} {outcome}: {detail}"
 
 
 def _runner_of(app: Celery) -> Runner:

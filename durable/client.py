@@ -36,6 +36,7 @@ from .settings import Settings
 from .in_transaction import InTransaction, start_in_transaction
 from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import DedupConflict, Store
+from .store.db_clock import database_clock
 from .store.listen import EndedListener
 
 __all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
@@ -432,7 +433,7 @@ class DurableClient(Management):
             auto_migrate=self.settings.auto_migrate,
             migration_lock_timeout_seconds=self.settings.migration_lock_timeout_seconds,
         ))
-        super().__init__(store, CeleryDispatcher(celery_app), self.settings)
+        super().__init__(store, CeleryDispatcher(celery_app), self.settings, database_clock(store.db))
         self._in_transaction: InTransaction | None = None
 
     def enqueue(

@@ -105,6 +105,8 @@ class Runner:
         """Claim the workflow, then execute, quarantine, reroute or reject it.
         `delivered_on`: the queue the message came from, when known."""
         owner = self.owner()
+        if self.leases.holds(workflow_id):  # another thread of this process runs it (threads pool)
+            return Delivery("skipped", workflow_id)
         with self.store.db.pinned():
             limits = self.limits()
             gated = self._claim_gated(workflow_id, workflow_name, delivered_on, owner) if (
@@ -166,7 +168,7 @@ class Runner:
     def _claim_gated(
         self, workflow_id: str, workflow_name: str | None, queue: str | None, owner: str
     ) -> Claim | str | None:
-        lease_ms = int(self.settings.lease_seconds * 1000)
+        lease_ms = int(self.leases.lease_seconds * 1000)  # longer where no parent process renews it
         return retry_while_unavailable(
             lambda: self.store.claim_gated(
                 workflow_id, queue or "", owner, self.clock.now_ms(), lease_ms,
@@ -212,7 +214,7 @@ class Runner:
         return Delivery("rerouted", claim.workflow_id)
 
     def _claim(self, workflow_id: str, workflow_name: str | None, owner: str) -> Claim | None:
-        lease_ms = int(self.settings.lease_seconds * 1000)
+        lease_ms = int(self.leases.lease_seconds * 1000)  # longer where no parent process renews it
         return retry_while_unavailable(
             lambda: self.store.claim(
                 workflow_id, owner, self.clock.now_ms(), lease_ms,
