@@ -22,6 +22,7 @@ from .database import Database
 from .dispatch import TASK_PREFIX, CeleryDispatcher, Dispatcher, configure_app
 from .dispatched_steps import Dispatched, StepAsWorkflow, TaskStep, step_workflow_name, task_workflow_name
 from .engine import Collaborators
+from .inputs import Parameters
 from .flow_admin import FlowAdmin
 from .limits import QueueLimits
 from .messaging import Messaging
@@ -68,6 +69,12 @@ class WorkflowFunction(Generic[R]):
     def start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
         return BoundStart(self, self.defaults).start(*args, **kwargs)
 
+    @functools.cached_property
+    def parameters(self) -> Parameters:
+        """Its parameters' type hints: start() checks them, workers record
+        them for clients that enqueue by name (durable/inputs.py)."""
+        return Parameters(self.fn, self.name)
+
     @property
     def max_recovery_attempts(self) -> int | None:
         return self.defaults.max_recovery_attempts
@@ -101,6 +108,7 @@ class BoundStart(Generic[R]):
             partition_key=self.opts.partition_key,
             start_at_ms=self.opts.start_at_ms(durable.clock.now_ms()),
         )
+        self.workflow.parameters.check(args, kwargs)  # WorkflowInputError naming the parameter
         if execution is not None:
             return WorkflowHandle(execution.start_child(row, self.workflow.name), durable)
         workflow_id = start_workflow(

@@ -20,10 +20,12 @@ from celery.worker.request import Request
 from .db_errors import is_transient
 from .dispatch import RUN_TASK, TASK_PREFIX, process_owner
 from .fork_guard import no_fork_meanwhile
+from .inputs import Parameters, dumps_schema
 from .pool_watch import PoolWatch
 from .recovery import Sweeper
 from . import serialization as ser
 from .runner import Delivery, Runner
+from .store.workflow_schemas import record_workflow_schemas
 
 logger = logging.getLogger("durable.celery")
 
@@ -41,6 +43,7 @@ def bind(app: Celery, runner: Runner) -> None:
         durable_runner=runner,
     )(run_workflow)
     app.steps["worker"].add(SchemaBeforeFork)
+    app.steps["worker"].add(RecordWorkflowInputs)
     app.steps["worker"].add(TasksAsSteps)
     app.steps["worker"].add(RecoverySweeper)
     app.steps["worker"].add(PoolWatch)  # a dead pool child is noticed within 0.5 s, not 5
@@ -175,3 +178,27 @@ class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]
             if not is_transient(exc):
                 raise
             logger.warning("database unavailable at worker start (will retry): %s", exc)
+
+
+class RecordWorkflowInputs(bootsteps.Step):  # type: ignore[misc]
+    """Records each registered workflow's parameters as JSON Schema, in the
+    worker's main process at its start: `DurableClient.enqueue` checks
+    arguments by name against them and knows which names exist."""
+
+    def __init__(self, worker: Any, **kwargs: Any):
+        super().__init__(worker, **kwargs)
+        runner = _runner_of(worker.app)
+        now = runner.clock.now_ms()
+        rows = []
+        for name, workflow in list(runner.registry.items()):
+            parameters = getattr(workflow, "parameters", None)
+            if isinstance(parameters, Parameters) and not name.startswith("durable."):
+                rows.append(dict(
+                    name=name, parameters=dumps_schema(parameters),
+                    app_version=runner.settings.app_version or None, updated_at_ms=now,
+                ))
+        try:
+            with no_fork_meanwhile():
+                record_workflow_schemas(runner.store.db, rows)
+        except Exception as exc:  # noqa: BLE001 - clients check against older records meanwhile
+            logger.warning("could not record the workflows' parameters: %s", exc)

@@ -22,7 +22,15 @@ from .clock import SYSTEM_CLOCK, Clock
 from .context import current_execution, in_workflow_code
 from .database import Database, retry_while_unavailable
 from .dispatch import CeleryDispatcher, Dispatcher, configure_app, publish_if_runnable
-from .errors import DuplicateWorkflowError, SerializationError, WorkflowNotFoundError
+from .db_errors import is_transient
+from .errors import (
+    DatabaseUnavailableError,
+    DuplicateWorkflowError,
+    SerializationError,
+    UnknownWorkflowError,
+    WorkflowNotFoundError,
+)
+from .inputs import check_against_schema
 from .records import (
     ErrorInfo,
     Status,
@@ -34,16 +42,19 @@ from .records import (
 from .retry import Backoff
 from .settings import Settings
 from .in_transaction import InTransaction, start_in_transaction
-from .starting import StartOptions, check_name, new_workflow_row, start_workflow
+from .starting import START_WAIT_SECONDS, StartOptions, check_name, new_workflow_row, start_workflow
 from .store import DedupConflict, Store
 from .store.db_clock import database_clock
 from .store.listen import EndedListener
+from .store.workflow_schemas import workflow_schema
 
 __all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
 
 # Waiting for a result on Postgres: how long the first wait gives the LISTEN
 # connection to come up, and the slow poll kept as a safety net meanwhile.
 LISTEN_WAIT_SECONDS = 2.0
+# Names of durable's own workflows (dispatched steps, canvases): never recorded.
+INTERNAL_PREFIX = "durable."
 SAFETY_POLL_FIRST_SECONDS = 0.5
 SAFETY_POLL_MAX_SECONDS = 5.0
 
@@ -435,6 +446,7 @@ class DurableClient(Management):
         ))
         super().__init__(store, CeleryDispatcher(celery_app), self.settings, database_clock(store.db))
         self._in_transaction: InTransaction | None = None
+        self._recorded_inputs = RecordedInputs(store.db, self.clock)
 
     def enqueue(
         self,
@@ -449,6 +461,7 @@ class DurableClient(Management):
         max_recovery_attempts: int | None = None,
         on_duplicate: str = "raise",
         transaction: Any = None,
+        allow_unknown: bool = False,
     ) -> WorkflowHandle:
         """Start workflow `workflow_name` with these arguments; returns its
         handle at once.
@@ -459,7 +472,14 @@ class DurableClient(Management):
         written in that transaction: rolled back, no workflow exists;
         committed, it runs once, published after the commit (a psycopg
         connection has no commit hook: the recovery sweeper publishes it
-        within a sweep interval). See docs/web-apps.md."""
+        within a sweep interval). See docs/web-apps.md.
+
+        The arguments are checked against the parameters that workers
+        recorded for this workflow at their start (WorkflowInputError naming
+        the parameter; nothing is written). A name no worker recorded is
+        refused with UnknownWorkflowError once the database knows any
+        workflow at all (before any worker ever started, nothing can be
+        checked); `allow_unknown=True` enqueues it anyway."""
         if not isinstance(workflow_name, str) or not workflow_name:
             raise ValueError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
         StartOptions(  # validates the options the same way start() does
@@ -471,6 +491,7 @@ class DurableClient(Management):
             dedup_key=dedup_key, priority=priority, timeout_seconds=timeout,
             max_recovery_attempts=max_recovery_attempts, clock=self.clock,
         )
+        self._recorded_inputs.check(workflow_name, args, kwargs or {}, allow_unknown)
         if transaction is not None:
             if self._in_transaction is None:
                 self._in_transaction = InTransaction(self.store, self.dispatcher, self.clock)
@@ -478,7 +499,6 @@ class DurableClient(Management):
         else:
             workflow_id = start_workflow(self.store, self.dispatcher, row, on_duplicate, self.clock)
         return WorkflowHandle(workflow_id, self)
-
 
     async def enqueue_async(
         self,
@@ -492,6 +512,7 @@ class DurableClient(Management):
         timeout: float | None = None,
         max_recovery_attempts: int | None = None,
         on_duplicate: str = "raise",
+        allow_unknown: bool = False,
     ) -> WorkflowHandle:
         """`enqueue()` for asyncio code (FastAPI, Starlette): the insert and the
         publish run in the loop's default executor, so the loop keeps
@@ -504,8 +525,56 @@ class DurableClient(Management):
             self.enqueue, workflow_name, args, kwargs, workflow_id=workflow_id, queue=queue,
             dedup_key=dedup_key, priority=priority, timeout=timeout,
             max_recovery_attempts=max_recovery_attempts, on_duplicate=on_duplicate,
+            allow_unknown=allow_unknown,
         )
         return await asyncio.get_running_loop().run_in_executor(None, call)
+
+
+class RecordedInputs:
+    """The parameters workers recorded for each workflow, as a client checks
+    arguments against them. A workflow's record is kept for
+    CACHE_SECONDS (a deploy that changes a signature is seen that late)."""
+
+    CACHE_SECONDS = 10.0
+
+    def __init__(self, db: Database, clock: Clock):
+        self.db = db
+        self.clock = clock
+        self._cache: dict[str, tuple[float, dict[str, Any], dict[str, Any]]] = {}
+
+    def check(
+        self, workflow_name: str, args: Sequence[Any], kwargs: dict[str, Any], allow_unknown: bool
+    ) -> None:
+        """WorkflowInputError when the arguments do not fit the recorded
+        parameters; UnknownWorkflowError for a name never recorded (unless
+        allowed, or nothing is recorded at all)."""
+        if workflow_name.startswith(INTERNAL_PREFIX):  # dispatched steps, canvases: not recorded
+            return
+        now = self.clock.monotonic()
+        cached = self._cache.get(workflow_name)
+        if cached is None or now - cached[0] > self.CACHE_SECONDS:
+            try:
+                any_recorded, text = retry_while_unavailable(
+                    lambda: workflow_schema(self.db, workflow_name), "reading a workflow's parameters",
+                    give_up_after_seconds=START_WAIT_SECONDS, clock=self.clock,
+                )
+            except Exception as exc:
+                if is_transient(exc):
+                    raise DatabaseUnavailableError(
+                        f"could not start workflow {workflow_name!r}: the database is unavailable ({exc})"
+                    ) from exc
+                raise
+            if text is None:
+                if any_recorded and not allow_unknown:
+                    raise UnknownWorkflowError(
+                        f"no worker has registered a workflow named {workflow_name!r} (workers record "
+                        "theirs at start): check the name, or pass allow_unknown=True to enqueue it "
+                        "for workers yet to come; nothing was written"
+                    )
+                return
+            cached = self._cache[workflow_name] = (now, json.loads(text), {})
+        _, recorded, validators = cached
+        check_against_schema(workflow_name, recorded, args, kwargs, validators)
 
 
 def _to_ms(value: Any) -> int | None:

@@ -15,7 +15,8 @@
     ├── WorkflowTimeoutError
     ├── WorkflowCancelledError
     ├── NotInWorkflowError
-    └── DatabaseUnavailableError
+    ├── DatabaseUnavailableError
+    └── WorkflowInputError
 
 The engine unwinds a cancelled or suspended workflow with private
 BaseException signals (see `durable.engine`), so user code that catches
@@ -151,6 +152,22 @@ class SchemaError(DurableError):
     or could not be migrated (the migration lock was not granted in time)."""
 
 
+class WorkflowInputError(DurableError):
+    """A workflow's arguments do not fit its parameters (their type hints, by
+    function; the schema workers recorded, by name): `.parameter` names the
+    one at fault (None when it is the call's shape). Nothing was written."""
+
+    def __init__(self, workflow_name: str, parameter: str | None, detail: str):
+        where = f"parameter {parameter!r}" if parameter is not None else "arguments"
+        super().__init__(f"workflow {workflow_name!r}: {where}: {detail}")
+        self.workflow_name = workflow_name
+        self.parameter = parameter
+        self.detail = detail
+
+    def __reduce__(self) -> tuple[type[DurableError], tuple[Any, ...]]:
+        return (type(self), (self.workflow_name, self.parameter, self.detail))
+
+
 __all__ = [
     "DurableError",
     "WorkflowNotFoundError",
@@ -169,4 +186,5 @@ __all__ = [
     "NotInWorkflowError",
     "DatabaseUnavailableError",
     "SchemaError",
+    "WorkflowInputError",
 ]

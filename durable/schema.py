@@ -227,6 +227,18 @@ event_waiters = Table(
 )
 
 
+# Each registered workflow's parameters as JSON Schema (durable/inputs.py),
+# upserted by every worker at its start: `DurableClient.enqueue` checks a
+# workflow's arguments by name, without its code, and knows its names.
+workflow_schemas = Table(
+    "durable_workflow_schemas",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("parameters", Text, nullable=False),  # JSON: {"parameters": [{name, kind, required, schema}]}
+    Column("app_version", String(255), nullable=True),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
 # Postgres: a workflow's end (any path: finish, cancel, quarantine, timeout)
 # notifies ENDED_CHANNEL with its ID, in the ending transaction itself, so
 # a client waiting for the result LISTENs instead of polling (client.py).

@@ -107,7 +107,7 @@ def test_unserializable_argument_writes_nothing(client):
 
 def test_unknown_workflow_is_recorded_and_worker_keeps_serving(client, start_worker, effects_dir):
     start_worker()
-    bad = client.enqueue("no_such_workflow", args=[1])
+    bad = client.enqueue("no_such_workflow", args=[1], allow_unknown=True)  # the worker's side of it
     with pytest.raises(Exception, match="no_such_workflow"):
         bad.result(timeout=60)
     status = bad.status()
