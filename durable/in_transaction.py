@@ -16,7 +16,9 @@ When the publish happens, by kind of transaction:
   visible from durable's own connection (within a few milliseconds);
 - a psycopg connection: psycopg has no commit hook, so the row is written
   due at once and the recovery sweeper of any worker publishes it at its
-  next sweep (`sweep_interval_seconds`, 1 s by default).
+  next sweep (`sweep_interval_seconds`, 1 s by default);
+- a `CommitHook` (a connection and the framework's own after-commit hook,
+  as `durable.contrib.django` passes): in that hook.
 
 In every case the row also carries its redispatch time: a publish that is
 lost (the broker was down at commit) is made again by the sweeper. A
@@ -31,7 +33,8 @@ import queue
 import sys
 import threading
 import weakref
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
@@ -73,6 +76,23 @@ def start_in_transaction(
         raise DuplicateWorkflowError(row["dedup_key"], row["queue"], conflict.holder_workflow_id) from None
 
 
+@dataclass(frozen=True)
+class CommitHook:
+    """A transaction that says when it commits, for frameworks that have a
+    hook of their own (Django's `transaction.on_commit`): `connection` is
+    the driver connection inside the transaction (psycopg 3, or a
+    SQLAlchemy Connection), `on_commit(callback)` runs `callback` after
+    the commit and never after a rollback."""
+
+    connection: Any
+    on_commit: Callable[[Callable[[], None]], Any]
+
+
+def _is_psycopg(conn: Any) -> bool:
+    psycopg = sys.modules.get("psycopg")  # not imported here unless the caller did
+    return psycopg is not None and isinstance(conn, psycopg.Connection)
+
+
 class InTransaction:
     """Writes workflow rows in callers' transactions and publishes them
     after their commit. One per client."""
@@ -109,13 +129,33 @@ class InTransaction:
             if result.created:
                 self._publish_after_connection_commit(transaction, publish)
             return result
-        psycopg = sys.modules.get("psycopg")  # not imported here unless the caller did
-        if psycopg is not None and isinstance(transaction, psycopg.Connection):
+        if isinstance(transaction, CommitHook):
+            result = self._insert_hooked(transaction.connection, row)
+            if result.created:
+                transaction.on_commit(lambda: self._publish_quietly(publish))
+            return result
+        if _is_psycopg(transaction):
             return self._insert_psycopg(transaction, row)
         raise TypeError(
             "transaction= takes a SQLAlchemy Session or Connection, or a psycopg connection, "
             f"in a transaction on durable's system database; got {type(transaction).__name__}"
         )
+
+    def _insert_hooked(self, conn: Any, row: dict[str, Any]) -> StartResult:
+        if isinstance(conn, Connection):
+            return self._insert(conn, row)
+        if _is_psycopg(conn):
+            return self._insert_psycopg(conn, row, hooked=True)
+        raise TypeError(
+            "CommitHook.connection must be a SQLAlchemy Connection or a psycopg (3) connection, "
+            f"got {type(conn).__module__}.{type(conn).__name__}"
+        )
+
+    def _publish_quietly(self, publish: Publish) -> None:
+        try:
+            self.dispatcher.publish(*publish)
+        except Exception as exc:  # noqa: BLE001 - never fail the caller's commit hook: the sweeper publishes it
+            logger.warning("could not publish workflow %s after commit: %s", publish[0], exc)
 
     # --- the same database --------------------------------------------------
 
@@ -198,7 +238,7 @@ class InTransaction:
 
     # --- psycopg --------------------------------------------------------------
 
-    def _insert_psycopg(self, conn: Any, row: dict[str, Any]) -> StartResult:
+    def _insert_psycopg(self, conn: Any, row: dict[str, Any], hooked: bool = False) -> StartResult:
         from psycopg.pq import TransactionStatus
 
         if self.store.db.is_sqlite:
@@ -215,12 +255,15 @@ class InTransaction:
             )
         if status == TransactionStatus.INERROR:
             raise ValueError("transaction= is a psycopg connection whose transaction has failed")
-        if not self._known_same(conn):
-            with conn.cursor() as cursor:  # begins the transaction, if none is open yet
+        # Idle (its last transaction ended): the check's query begins the
+        # caller's next transaction, which the savepoint below then joins (on
+        # an idle connection psycopg's transaction() would commit by itself).
+        if status == TransactionStatus.IDLE or not self._known_same(conn):
+            with conn.cursor() as cursor:
                 identity = driver_database_identity(cursor)
             self._check_same_database(conn, identity)
-        # no commit hook: due at once, the sweeper publishes it after the commit
-        row = dict(row, redispatch_at_ms=row["created_at_ms"])
+        if not hooked:  # no commit hook: due at once, the sweeper publishes it after the commit
+            row = dict(row, redispatch_at_ms=row["created_at_ms"])
         return insert_workflow_driver(conn, row)
 
 

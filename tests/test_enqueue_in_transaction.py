@@ -179,3 +179,15 @@ def test_a_held_dedup_key_leaves_the_callers_transaction_usable(client, backend,
         conn.execute("INSERT INTO orders VALUES ('o-2', 20)")
     assert _orders(app_engine) == ["o-1", "o-2"]
     assert [w.workflow_id for w in client.list_workflows()] == ["holder"]
+
+
+def test_a_reused_psycopg_connection_joins_its_next_transaction(client, backend, app_engine):
+    """An idle connection (its last transaction committed) already known to
+    be on durable's database: the row still goes into the transaction the
+    enqueue begins, not into one of its own."""
+    with psycopg.connect(_psycopg_dsn(backend.database_url)) as conn:
+        client.enqueue("ten_steps", workflow_id="first", transaction=conn)
+        conn.commit()
+        client.enqueue("ten_steps", workflow_id="second", transaction=conn)
+        conn.rollback()
+    assert [w.workflow_id for w in client.list_workflows()] == ["first"]
