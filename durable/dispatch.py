@@ -20,6 +20,7 @@ from typing import Protocol
 
 from celery import Celery
 
+from . import redis_broker
 from .embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 from .records import Status
 from .settings import Settings
@@ -114,4 +115,5 @@ def configure_app(app: Celery, settings: Settings) -> Celery:
         options = dict(settings.broker_transport_options())
         options.update(app.conf.broker_transport_options or {})
         app.conf.broker_transport_options = options
+    redis_broker.fix_for(app.conf.broker_url or "")  # a worker that lives through a Redis outage
     return app
