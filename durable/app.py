@@ -8,7 +8,7 @@ import inspect
 import logging
 import weakref
 from dataclasses import replace
-from typing import Any, Callable, Generic, TypeVar, overload
+from typing import Any, Callable, Generic, Sequence, TypeVar, overload
 
 from celery import Celery
 from celery.canvas import chain as celery_chain, chord as celery_chord, group as celery_group
@@ -27,9 +27,11 @@ from .flow_admin import FlowAdmin
 from .limits import QueueLimits
 from .messaging import Messaging
 from .retry import RetryPolicy
+from .records import TERMINAL_STATUSES
+from .retention import collect_garbage
 from .runner import Runner
 from .schedules import Schedule, seconds_to_ms
-from .settings import Settings
+from .settings import Settings, parse_duration
 from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import Store
 from .store.db_clock import database_clock
@@ -504,6 +506,21 @@ class Durable(Management):
 
     def trigger_schedule(self, name: str) -> WorkflowHandle:
         return WorkflowHandle(self._flow_admin().trigger_schedule(name), self)
+
+    def gc(self, older_than: float | str, status: str | Sequence[str] | None = None) -> int:
+        """Delete ended workflows that ended more than `older_than` ago
+        (seconds, or a duration such as "7d"), with their steps, messages,
+        events and transaction outputs; only those of `status` if given. A
+        tree with a running workflow is kept whole. Returns how many went."""
+        seconds = parse_duration(older_than, "older_than") if isinstance(older_than, str) else float(older_than)
+        if not seconds > 0:
+            raise ValueError(f"older_than must be > 0, got {older_than!r}")
+        statuses = [status] if isinstance(status, str) else list(status) if status is not None else None
+        for one in statuses or ():
+            if one not in TERMINAL_STATUSES:
+                raise ValueError(f"status must be one of the ended statuses {TERMINAL_STATUSES}, got {one!r}")
+        app_db = self.transactions.app_db if self.transactions.separate else None
+        return collect_garbage(self.store, app_db, self.clock.now_ms() - int(seconds * 1000), statuses)
 
     def _flow_admin(self) -> FlowAdmin:
         return FlowAdmin(self.store, self.dispatcher, self.settings, self.clock)

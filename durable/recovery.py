@@ -20,6 +20,7 @@ from .dispatch import Dispatcher
 from .errors import WorkflowTimeoutError
 from .fork_guard import no_fork_meanwhile
 from .local_processes import owner_pid, process_is_gone, this_host
+from .retention import SWEEP_EVERY_MS, SWEEP_MAX_BATCHES, collect_garbage, separate_app_database
 from .schedules import Schedule, tick_workflow_id
 from .settings import Settings
 from .starting import new_workflow_row
@@ -142,6 +143,8 @@ class Sweeper:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings
+        self._next_collection_ms = 0
+        self._app_db = separate_app_database(settings) if settings.retention else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="durable-sweeper", daemon=True)
 
@@ -173,6 +176,7 @@ class Sweeper:
                         self.store, self.dispatcher, self.settings, self.clock.now_ms(),
                         expired_leases=self.clock.monotonic() >= hold_until,
                     )
+                    self._collect_garbage()
                 if outage:
                     outage = False
                     hold_until = self.clock.monotonic() + self.settings.lease_seconds
@@ -180,3 +184,16 @@ class Sweeper:
                 outage = True
                 hold_until = float("inf")
                 logger.warning("recovery sweep failed: %s", exc)
+
+    def _collect_garbage(self) -> None:
+        """Retention: a few batches at most once a minute (DURABLE_RETENTION)."""
+        retention = self.settings.retention_seconds
+        now = self.clock.now_ms()
+        if retention is None or now < self._next_collection_ms:
+            return
+        self._next_collection_ms = now + SWEEP_EVERY_MS
+        deleted = collect_garbage(
+            self.store, self._app_db, now - int(retention * 1000), max_batches=SWEEP_MAX_BATCHES
+        )
+        if deleted:
+            logger.info("retention: deleted %d ended workflow(s)", deleted)

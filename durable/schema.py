@@ -92,6 +92,13 @@ workflows = Table(
         sqlite_where=text(ACTIVE_SQL),
     ),
     Index("ix_durable_workflows_queue_started", "queue", "started_at_ms"),
+    # retention: the oldest ended root workflows first
+    Index(
+        "ix_durable_workflows_ended_roots",
+        "completed_at_ms",
+        postgresql_where=text("parent_workflow_id IS NULL"),
+        sqlite_where=text("parent_workflow_id IS NULL"),
+    ),
     Index("ix_durable_workflows_parent", "parent_workflow_id"),
     Index("ix_durable_workflows_name_status", "name", "status"),
 )

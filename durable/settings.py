@@ -7,6 +7,7 @@ filesystem broker under `DURABLE_HOME` (./.durable), no server to install.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -55,6 +56,10 @@ class Settings:
     # A migration waits this long for its lock (another process migrating, a
     # long transaction on durable's tables), then fails saying so.
     migration_lock_timeout_seconds: float = 60.0
+    # Delete ended workflows (with their steps, messages, events and
+    # transaction outputs) this long after they ended, e.g. "30d", "12h";
+    # "": keep them. The sweepers delete in small batches.
+    retention: str = ""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -77,7 +82,13 @@ class Settings:
             raise ValueError("migration_lock_timeout_seconds must be > 0")
         if self.max_recovery_attempts < 0:
             raise ValueError("max_recovery_attempts must be >= 0")
+        if self.retention:
+            parse_duration(self.retention, "DURABLE_RETENTION")
         return self
+
+    @property
+    def retention_seconds(self) -> float | None:
+        return parse_duration(self.retention, "DURABLE_RETENTION") if self.retention else None
 
     def with_overrides(self, **overrides: Any) -> "Settings":
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
@@ -112,6 +123,18 @@ class Settings:
             "control_folder": str(control_dir),
             "polling_interval": 0.1,
         }
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds of a duration such as "90s", "15m", "12h", "30d" or "2w"."""
+    match = _DURATION.match(text) if isinstance(text, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"{what} must be a positive duration like '30d', '12h', '15m' or '90s', got {text!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def _parse(name: str, annotation: object, raw: str) -> Any:

@@ -11,13 +11,16 @@ from .flow import HELD, NOT_GATED, FlowSql
 from .management import ManagementSql
 from .messages import Doorbell, MessagesSql
 from .rerouting import ReroutingSql
+from .retention import RetentionSql
 from .schedules import ScheduleSql
 from .sweeps import SweepSql
 
 __all__ = ["HELD", "NOT_GATED", "Claim", "DedupConflict", "Doorbell", "StartResult", "Store", "crash_text"]
 
 
-class Store(ReroutingSql, FlowSql, ExecutionSql, SweepSql, ManagementSql, MessagesSql, ScheduleSql):
+class Store(
+    ReroutingSql, FlowSql, ExecutionSql, SweepSql, RetentionSql, ManagementSql, MessagesSql, ScheduleSql
+):
     """The system database, as the engine, the sweeper and the client use it.
 
     Messages, events and event waiters reference their workflow with ON DELETE

@@ -1,5 +1,5 @@
 """Flow control and schedules: queue limits, schedules, and a workflow's
-partition key and delayed start.
+partition key and delayed start; an index for retention.
 
 Revision ID: 0005
 Revises: 0004
@@ -25,6 +25,11 @@ def upgrade() -> None:
         postgresql_where=sa.text(ACTIVE), sqlite_where=sa.text(ACTIVE),
     )
     op.create_index("ix_durable_workflows_queue_started", "durable_workflows", ["queue", "started_at_ms"])
+    op.create_index(
+        "ix_durable_workflows_ended_roots", "durable_workflows", ["completed_at_ms"],
+        postgresql_where=sa.text("parent_workflow_id IS NULL"),
+        sqlite_where=sa.text("parent_workflow_id IS NULL"),
+    )
     op.create_table(
         "durable_queues",
         sa.Column("name", sa.String(255), primary_key=True),
@@ -52,6 +57,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table("durable_schedules")
     op.drop_table("durable_queues")
+    op.drop_index("ix_durable_workflows_ended_roots", "durable_workflows")
     op.drop_index("ix_durable_workflows_queue_started", "durable_workflows")
     op.drop_index("ix_durable_workflows_queue_active", "durable_workflows")
     with op.batch_alter_table("durable_workflows") as batch:
