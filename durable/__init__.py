@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import errors
 from .client import DurableClient, WorkflowHandle
-from .context import Context, context, gather, now, sleep
+from .context import Context, context, gather, now, patched, sleep
 from .records import ErrorInfo, Status, StepInfo, StepStatus, WorkflowStatus
 from .retry import RetryPolicy, backoff_delay_seconds
 from .settings import Settings
@@ -63,6 +63,7 @@ __all__ = [
     "sleep",
     "now",
     "gather",
+    "patched",
     "send",
     "recv",
     "set_event",

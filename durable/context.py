@@ -32,6 +32,7 @@ class ActiveExecution(Protocol):
     def await_sequence(self, workflow_ids: list[str]) -> Any: ...
     def durable_sleep(self, seconds: float) -> None: ...
     def checkpointed_now(self) -> float: ...
+    def patched(self, change_id: str) -> bool: ...
     def send(self, workflow_id: str, message: Any, topic: str | None = None) -> None: ...
     def recv(self, topic: str | None, timeout: float | None) -> Any: ...
     def set_event(self, key: str, value: Any) -> None: ...
@@ -139,6 +140,18 @@ def now() -> float:
     if execution is None:
         return time.time()
     return execution.checkpointed_now()
+
+
+def patched(change_id: str) -> bool:
+    """For deploys that change a workflow's steps while executions are in
+    flight: `if durable.patched("new-pricing"): <new steps> else: <old steps>`.
+    True for executions that reach this point with this code (new ones, and
+    replays that recorded it), False for replays recorded before the change,
+    which then finish the old way. Outside a workflow: True."""
+    if not isinstance(change_id, str) or not change_id or len(change_id) > 200:
+        raise ValueError(f"change_id must be a non-empty string of at most 200 characters, got {change_id!r}")
+    execution = in_workflow_code()
+    return True if execution is None else execution.patched(change_id)
 
 
 def gather(*handles: Awaitable) -> list[Any]:

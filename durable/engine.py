@@ -408,6 +408,18 @@ class Execution:
         wake_at = self.record_value("durable.sleep", lambda: self.clock.now_ms() + int(seconds * 1000))
         self.wait_until(wake_at)
 
+    def patched(self, change_id: str) -> bool:
+        """A deploy changed the code here: True for an execution that reaches
+        this point with the new code (a marker is recorded at this position),
+        False for one whose history was recorded before the change (its next
+        position holds the old code's step, left for it to replay)."""
+        name = f"durable.patch:{change_id}"
+        recorded = self.checkpoints.get(self.next_step_id)
+        if recorded is not None and recorded["name"] != name:
+            return False
+        self.record_value(name, lambda: True)
+        return True
+
     def checkpointed_now(self) -> float:
         return float(self.record_value("durable.now", lambda: self.clock.now_ms() / 1000))
 
