@@ -3,6 +3,7 @@ enqueue costs, against Celery's `apply_async` in the same run.
 
     .venv/bin/python -m benchmarks.web_client            # ~1 minute
     .venv/bin/python -m benchmarks.web_client --waits 100 --enqueues 300
+    .venv/bin/python -m benchmarks.web_client --notify-cost 400   # + the end trigger's cost
 
 Starts its own Postgres and Redis on loopback and one durable worker
 (prefork, 2 children); every process it starts is stopped by its PID.
@@ -27,6 +28,7 @@ import argparse
 import asyncio
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -59,6 +61,32 @@ def wake(client: Any, sql: Any, n: int, notify: bool) -> list[float]:
         figures.append(returned_ms - completed_ms)
     if not notify:
         del client.ended_listener
+    return figures
+
+
+def notify_cost(client: Any, sql: Any, n: int, rounds: int) -> dict[str, list[float]]:
+    """Workflows per second with the end's NOTIFY trigger on and off
+    (alternating rounds): `n` workflows of 10 no-op steps enqueued at once,
+    first enqueue to last completion."""
+    figures: dict[str, list[float]] = {"trigger on": [], "trigger off": []}
+    for r in range(rounds * 2):
+        on = (r % 2 == 0) if (r // 2) % 2 == 0 else (r % 2 == 1)
+        verb = "ENABLE" if on else "DISABLE"
+        sql.execute(f"ALTER TABLE durable_workflows {verb} TRIGGER durable_workflow_ended")
+        prefix = f"nc{r}-"
+        started = time.time() * 1000
+        for i in range(n):
+            client.enqueue("bench.steps", args=[10], workflow_id=f"{prefix}{i}")
+        while True:
+            done, last = sql.execute(
+                "SELECT count(*), max(completed_at_ms) FROM durable_workflows "
+                "WHERE workflow_id LIKE %s AND status = 'SUCCESS'", (prefix + "%",),
+            ).fetchone()
+            if done == n:
+                break
+            time.sleep(0.05)
+        figures["trigger on" if on else "trigger off"].append(n / ((last - started) / 1000))
+    sql.execute("ALTER TABLE durable_workflows ENABLE TRIGGER durable_workflow_ended")
     return figures
 
 
@@ -103,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--waits", type=int, default=100)
     parser.add_argument("--enqueues", type=int, default=300)
+    parser.add_argument("--notify-cost", type=int, default=0, metavar="N",
+                        help="also: throughput of N workflows with the end trigger on and off, 3 rounds each")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="durable-webbench-"))
     os.chmod(tmp, 0o755)
@@ -135,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         wake(client, sql, 10, notify=True)  # warm-up
         woken = wake(client, sql, args.waits, notify=True)
         polled = wake(client, sql, args.waits, notify=False)
+        cost = notify_cost(client, sql, args.notify_cost, 3) if args.notify_cost else None
         worker.stop()
         worker = None
         celery = Celery("bench_web_celery", broker=redis.url.rsplit("/", 1)[0] + "/1")
@@ -145,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nresult wake, ms from the workflow's end to result() returning ({args.waits} waits, one at a time)")
         print(f"  LISTEN/NOTIFY          {_summary(woken)}")
         print(f"  backed-off polling     {_summary(polled)}")
+        if cost:
+            print(f"\nthroughput, workflows/s ({args.notify_cost} workflows of 10 steps, 1 worker x 2 children, "
+                  "alternating rounds)")
+            for name, values in cost.items():
+                print(f"  {name:22s} median {statistics.median(values):7.1f}  rounds {[round(v, 1) for v in values]}")
         print(f"\nenqueue latency, us ({args.enqueues} calls each, interleaved, nothing consuming)")
         for name, values in latencies.items():
             print(f"  {name:40s} {_summary(values)}")
