@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 from sqlalchemy.engine import Connection
 
+from . import metrics
 from . import serialization as ser
 from .clock import Clock
 from .context import StepContext, enter_execution, enter_step
@@ -262,10 +264,14 @@ class Execution:
         """Write a checkpoint fenced by this execution's epoch; False when it
         was refused. Inside `conn` (a caller's transaction) it is not retried."""
         if conn is not None:
-            return self.store.write_step(self.epoch, values, conn=conn)
-        return retry_while_unavailable(
-            lambda: self.store.write_step(self.epoch, values), "writing a checkpoint", clock=self.clock
-        )
+            written = self.store.write_step(self.epoch, values, conn=conn)
+        else:
+            written = retry_while_unavailable(
+                lambda: self.store.write_step(self.epoch, values), "writing a checkpoint", clock=self.clock
+            )
+        if written:
+            metrics.CHECKPOINTS.inc()
+        return written
 
     def record(self, values: dict[str, Any]) -> dict[str, Any] | None:
         """Write a checkpoint: None when it was written; otherwise the outcome
@@ -345,6 +351,7 @@ class Execution:
                 )
 
             existing = None
+            attempt_began = time.perf_counter()  # for the metric only: not durable state
             try:
                 with enter_step(StepContext(position.step_id, step.name, attempts, policy.max_attempts)):
                     if transactional:
@@ -354,6 +361,7 @@ class Execution:
                         output = ser.dumps(result)
                         check_payload_size(output, self.settings, f"the result of step {step.name!r}")
             except Exception as exc:
+                metrics.STEP_SECONDS.labels(step.name, "error").observe(time.perf_counter() - attempt_began)
                 attempts += 1
                 errors.append(self._attempt_error(exc, attempts))
                 if isinstance(exc, SerializationError) or not policy.should_retry(exc, attempts):
@@ -367,6 +375,7 @@ class Execution:
                     return self.replay(existing)
                 self.wait_until(next_at)
                 continue
+            metrics.STEP_SECONDS.labels(step.name, "success").observe(time.perf_counter() - attempt_began)
             if not transactional and not checkpoint_success:
                 return result
             if not transactional:  # outside the try: a failed write is no failed attempt

@@ -14,6 +14,7 @@ import logging
 import threading
 from typing import Any, Callable
 
+from . import metrics
 from . import serialization as ser
 from .clock import SYSTEM_CLOCK, Clock
 from .dispatch import Dispatcher
@@ -59,6 +60,7 @@ def sweep_once(
         store.dispatch_again_at(unpublished, now_ms)
         logger.warning("broker unavailable: %d workflow(s) left for the next sweep", len(unpublished))
     if published:
+        metrics.REPUBLISHED.inc(published)
         logger.info("recovery sweep published %d workflow(s)", published)
     return published
 

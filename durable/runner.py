@@ -14,6 +14,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
+from . import metrics
 from . import serialization as ser
 from .database import retry_while_unavailable
 from .dispatch import process_owner, publish_if_runnable
@@ -119,10 +120,26 @@ class Runner:
             )
             if claim is None:
                 return Delivery("skipped", workflow_id)
+            self._count_claim(claim)
             delivery = self._deliver_claimed(claim, workflow_id, delivered_on, owner)
+            if delivery.ended:
+                status = (
+                    Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value if delivery.kind == "quarantined"
+                    else delivery.ending.kind if delivery.ending is not None else Status.ERROR.value
+                )
+                metrics.WORKFLOWS_ENDED.labels(claim.name, status).inc()
             if claim.queue in limits and delivery.ended:
                 self._wake_held(claim.queue, limits[claim.queue])  # its slot is free
             return delivery
+
+    @staticmethod
+    def _count_claim(claim: Claim) -> None:
+        if claim.recovered:
+            metrics.RECOVERIES.labels(metrics.death_cause(claim.last_death)).inc()
+        elif not claim.steps:
+            metrics.WORKFLOWS_STARTED.labels(claim.name).inc()
+        if claim.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
+            metrics.QUARANTINES.labels(claim.name).inc()
 
     def _deliver_claimed(self, claim: Claim, workflow_id: str, delivered_on: str | None, owner: str) -> Delivery:
         if claim.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:

@@ -163,6 +163,15 @@ class FlowSql(ExecutionSql):
             )).scalar_one()
         return [dict(r) for r in rows[: max(0, limits.concurrency - running)]]
 
+    def oldest_enqueued(self) -> dict[str, int]:
+        """Per queue, when its oldest enqueued (not started) workflow was created."""
+        with self.db.begin() as conn:
+            rows = conn.execute(
+                select(W.queue, func.min(W.created_at_ms))
+                .where(W.status == Status.ENQUEUED.value).group_by(W.queue)
+            ).all()
+        return {queue: int(created) for queue, created in rows}
+
     def queue_stats(self) -> list[dict[str, Any]]:
         """Each known queue's limits, running count and backlog."""
         limits = self.queue_limits()
