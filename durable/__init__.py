@@ -16,6 +16,7 @@ from .client import DurableClient, WorkflowHandle
 from .context import Context, context, gather, now, patched, sleep
 from .records import ErrorInfo, Status, StepInfo, StepStatus, WorkflowStatus
 from .retry import RetryPolicy, backoff_delay_seconds
+from .sagas import compensate, saga
 from .settings import Settings
 from .starting import StartOptions
 
@@ -64,6 +65,8 @@ __all__ = [
     "now",
     "gather",
     "patched",
+    "saga",
+    "compensate",
     "send",
     "recv",
     "set_event",

@@ -13,7 +13,7 @@ from typing import Any, Callable, Generic, Sequence, TypeVar, overload
 from celery import Celery
 from celery.canvas import chain as celery_chain, chord as celery_chord, group as celery_group
 
-from . import celery_binding
+from . import celery_binding, sagas
 from .canvas import CANVAS_WORKFLOW, Canvas, CanvasRunner, ChainContinuations, describe, signatures
 from .client import Management, WorkflowHandle
 from .clock import SYSTEM_CLOCK, Clock
@@ -129,7 +129,7 @@ class StepFunction:
     def __init__(
         self, fn: Callable[..., Any], name: str, policy: RetryPolicy,
         transactions: Transactions | None = None, isolation: str | None = None,
-        dispatched: Dispatched | None = None,
+        dispatched: Dispatched | None = None, compensate: Callable[..., Any] | None = None,
     ):
         self.fn = fn
         self.name = name
@@ -137,6 +137,7 @@ class StepFunction:
         self.transactions = transactions  # set for a @transaction step
         self.isolation = isolation
         self.dispatched = dispatched
+        self.compensate = compensate  # its undo in a saga: compensate(result, *args, **kwargs)
         functools.update_wrapper(self, fn)
 
     @property
@@ -153,6 +154,11 @@ class StepFunction:
         return self.dispatched.spawn(args, kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        result = self._call(args, kwargs)
+        sagas.on_step_success(self.compensate, result, args, kwargs)
+        return result
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         execution = in_workflow_code()
         if execution is not None:
             if self.dispatched is not None:
@@ -303,6 +309,8 @@ class Durable(Management):
         queue: str | None = None,
         on_crash_queue: str | None = None,
         max_recovery_attempts: int | None = None,
+        compensate: Callable[..., Any] | None = None,
+        circuit: str | None = None,
     ) -> Callable[[Callable[..., Any]], StepFunction]: ...
 
     def step(
@@ -321,6 +329,8 @@ class Durable(Management):
         queue: str | None = None,
         on_crash_queue: str | None = None,
         max_recovery_attempts: int | None = None,
+        compensate: Callable[..., Any] | None = None,
+        circuit: str | None = None,
     ) -> StepFunction | Callable[[Callable[..., Any]], StepFunction]:
         """A checkpointed step. With `queue`, a dispatched step: it runs as its
         own Celery task (`durable.step:<name>`) on that queue; after its process
@@ -344,13 +354,15 @@ class Durable(Management):
                 raise TypeError(f"@step needs a function, got {f!r}")
             step_name = name or f.__qualname__
             check_name(step_name, "step name")
+            if compensate is not None and not callable(compensate):
+                raise TypeError(f"compensate must be a function, got {compensate!r}")
             if queue is None:
-                return StepFunction(f, step_name, policy)
+                return StepFunction(f, step_name, policy, compensate=compensate)
             dispatched = Dispatched(
                 self, self.celery, step_workflow_name(step_name), queue, on_crash_queue,
                 max_recovery_attempts,
             )
-            step = StepFunction(f, step_name, policy, dispatched=dispatched)
+            step = StepFunction(f, step_name, policy, dispatched=dispatched, compensate=compensate)
             self._register_dispatched(step, dispatched)
             return step
 

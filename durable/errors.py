@@ -168,6 +168,33 @@ class WorkflowInputError(DurableError):
         return (type(self), (self.workflow_name, self.parameter, self.detail))
 
 
+class CompensationFailedError(DurableError):
+    """A saga's compensation failed for good after the error that started
+    the compensating: both are kept (the workflow ends ERROR with this)."""
+
+    def __init__(self, original: str, compensation: str):
+        super().__init__(f"{original}; then compensating failed: {compensation}")
+        self.original = original
+        self.compensation = compensation
+
+    def __reduce__(self) -> tuple[type[DurableError], tuple[Any, ...]]:
+        return (type(self), (self.original, self.compensation))
+
+
+class CircuitOpenError(DurableError):
+    """A step bound to an open circuit breaker was not called."""
+
+    def __init__(self, breaker: str, open_until_ms: int | None = None):
+        super().__init__(f"circuit breaker {breaker!r} is open" + (
+            f" until {open_until_ms} ms" if open_until_ms else ""
+        ))
+        self.breaker = breaker
+        self.open_until_ms = open_until_ms
+
+    def __reduce__(self) -> tuple[type[DurableError], tuple[Any, ...]]:
+        return (type(self), (self.breaker, self.open_until_ms))
+
+
 __all__ = [
     "DurableError",
     "WorkflowNotFoundError",
@@ -187,4 +214,6 @@ __all__ = [
     "DatabaseUnavailableError",
     "SchemaError",
     "WorkflowInputError",
+    "CompensationFailedError",
+    "CircuitOpenError",
 ]
