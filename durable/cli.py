@@ -1,109 +1,232 @@
-"""The `durable` command line."""
+"""The `durable` command line (click, as Celery's own).
+
+Every command that reports something takes `--json` (one JSON document on
+stdout). Exit codes: 0 done; 1 bad input or state (an unknown workflow, a
+workflow in the wrong status, a database that cannot be reached): one line
+on stderr, no traceback; 2 a command line the parser rejects (with usage).
+"""
 
 from __future__ import annotations
 
-import argparse
+import datetime as dt
 import json
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
+
+import click
 
 from .client import DurableClient
 from .database import APP_TABLES, Database
 from .errors import DurableError
 from .records import Status
+from .workflow_admin import WorkflowFilter, parse_instant, retry_failed, search, to_json
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATUS = click.Choice([s.value for s in Status])
 
 
 def _client() -> DurableClient:
     return DurableClient()
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, default=str))
+def _emit_json(value: Any) -> None:
+    click.echo(json.dumps(to_json(value), indent=2))
 
 
-def cmd_migrate(args: argparse.Namespace) -> int:
+def json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="print one JSON document")(function)
+
+
+def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> dt.datetime | None:
+    """ISO 8601 (UTC unless an offset is given) or an age: 15m, 2h, 7d."""
+    if value is None:
+        return None
+    try:
+        return parse_instant(value, dt.datetime.now(dt.timezone.utc))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
+def filter_options(function: F) -> F:
+    for option in reversed([
+        click.option("--status", "statuses", type=STATUS, multiple=True, help="repeat for several"),
+        click.option("--name", help="workflow name"),
+        click.option("--queue", help="queue name"),
+        click.option("--created-after", metavar="TIME", callback=_instant, help="ISO 8601 time or an age (2h, 7d)"),
+        click.option("--created-before", metavar="TIME", callback=_instant, help="ISO 8601 time or an age (2h, 7d)"),
+        click.option("--id-contains", help="text in the workflow ID"),
+    ]):
+        function = option(function)
+    return function
+
+
+def _filter(statuses: tuple[str, ...], name: str | None, queue: str | None, created_after: dt.datetime | None,
+            created_before: dt.datetime | None, id_contains: str | None) -> WorkflowFilter:
+    return WorkflowFilter(tuple(Status(s) for s in statuses), name, queue, created_after, created_before, id_contains)
+
+
+@click.group(help=__doc__, context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    pass
+
+
+@cli.command()
+@json_option
+def migrate(as_json: bool) -> None:
     """Create or upgrade durable's tables: once per deployment where
     auto-migration is off (Postgres by default). Run it with DDL rights and
     a direct connection (not through pgbouncer's transaction pooling)."""
     client = _client()
     settings = client.settings
-    revision = client.store.db.migrate()
-    print(f"durable schema at revision {revision} ({settings.resolved_database_url.split('@')[-1]})")
+    result: dict[str, Any] = {"revision": client.store.db.migrate(), "app_revision": None}
+    where = settings.resolved_database_url.split("@")[-1]
+    app_where = None
     if settings.app_database_url and settings.app_database_url != settings.resolved_database_url:
         app_db = Database(
             settings.app_database_url, history=APP_TABLES,
             migration_lock_timeout_seconds=settings.migration_lock_timeout_seconds,
         )
         try:
-            revision = app_db.migrate()
+            result["app_revision"] = app_db.migrate()
         finally:
             app_db.dispose()
-        print(f"durable's application tables at revision {revision} ({settings.app_database_url.split('@')[-1]})")
-    return 0
+        app_where = settings.app_database_url.split("@")[-1]
+    if as_json:
+        _emit_json(result)
+        return
+    click.echo(f"durable schema at revision {result['revision']} ({where})")
+    if app_where:
+        click.echo(f"durable's application tables at revision {result['app_revision']} ({app_where})")
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from . import demo
+@cli.command()
+@click.option("--steps", type=click.IntRange(min=1), default=6, show_default=True)
+@click.option("--kill-after", type=click.IntRange(min=0), default=3, show_default=True,
+              help="kill the worker during the step after this one")
+def demo(steps: int, kill_after: int) -> int:
+    """Kill a worker mid-workflow and watch another one finish it."""
+    from . import demo as demo_module
 
-    return demo.run(steps=args.steps, kill_after_step=args.kill_after)
+    return demo_module.run(steps=steps, kill_after_step=kill_after)
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    """Start a Celery worker for the project's app with durable's settings."""
-    celery_args = list(args.celery_args)
-    if celery_args[:1] == ["--"]:  # argparse keeps the separator; celery would misread it
-        celery_args = celery_args[1:]
-    argv = [sys.executable, "-m", "celery", "-A", args.app, "worker", *celery_args]
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-A", "--app", default=lambda: os.environ.get("DURABLE_CELERY_APP", "workers.app"),
+              show_default="$DURABLE_CELERY_APP or workers.app")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(app: str, celery_args: tuple[str, ...]) -> None:
+    """Start a Celery worker for the project's app (options after -- go to celery)."""
+    argv = [sys.executable, "-m", "celery", "-A", app, "worker", *celery_args]
     os.execv(sys.executable, argv)
-    return 0  # not reached
 
 
-def cmd_list(args: argparse.Namespace) -> int:
-    rows = _client().list_workflows(
-        status=args.status, name=args.name, queue=args.queue, limit=args.limit, offset=args.offset
-    )
-    print(f"{'workflow_id':<40} {'name':<24} {'status':<32} {'rec':>3}  created")
+@cli.group()
+def workflows() -> None:
+    """Find, inspect and steer workflows."""
+
+
+@workflows.command("list")
+@filter_options
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
+def list_workflows(limit: int, offset: int, as_json: bool, **where: Any) -> None:
+    """Workflows newest first (summaries: no inputs or output)."""
+    rows = search(_client(), _filter(**where), limit=limit, offset=offset)
+    if as_json:
+        _emit_json(rows)
+        return
+    click.echo(f"{'workflow_id':<40} {'name':<24} {'status':<32} {'rec':>3}  created")
     for w in rows:
-        print(f"{w.workflow_id:<40} {w.name:<24} {w.status.value:<32} {w.recovery_attempts:>3}  {w.created_at:%Y-%m-%d %H:%M:%S}")
-    return 0
+        created = f"{w.created_at:%Y-%m-%d %H:%M:%S}" if w.created_at else ""
+        click.echo(f"{w.workflow_id:<40} {w.name:<24} {w.status.value:<32} {w.recovery_attempts:>3}  {created}")
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+@workflows.command()
+@click.argument("workflow_id")
+@json_option
+def show(workflow_id: str, as_json: bool) -> None:
+    """One workflow: inputs, output, error and its steps."""
     client = _client()
-    w = client.get(args.workflow_id)
-    print(f"workflow {w.workflow_id}  {w.name}  {w.status.value}")
-    print(f"  queue {w.queue}  dedup_key {w.dedup_key}  recovery {w.recovery_attempts}/{w.max_recovery_attempts}")
-    print(f"  inputs {json.dumps(w.inputs, default=str)}")
+    w = client.get(workflow_id)
+    steps = client.list_steps(workflow_id)
+    if as_json:
+        _emit_json({"workflow": w, "steps": steps})
+        return
+    click.echo(f"workflow {w.workflow_id}  {w.name}  {w.status.value}")
+    click.echo(f"  queue {w.queue}  dedup_key {w.dedup_key}  recovery {w.recovery_attempts}/{w.max_recovery_attempts}")
+    click.echo(f"  inputs {json.dumps(w.inputs, default=str)}")
     if w.status is Status.SUCCESS:
-        print(f"  output {json.dumps(w.output, default=str)}")
+        click.echo(f"  output {json.dumps(w.output, default=str)}")
     if w.error:
-        print(f"  error {w.error.type}: {w.error.message}")
+        click.echo(f"  error {w.error.type}: {w.error.message}")
     if w.last_death:
-        print(f"  last worker death: {w.last_death}")
-    for s in client.list_steps(args.workflow_id):
+        click.echo(f"  last worker death: {w.last_death}")
+    for s in steps:
         extra = f" crashes={s.crashes}" if s.crashes else ""
         child = f" child={s.child_workflow_id}" if s.child_workflow_id else ""
-        print(f"  #{s.step_id:<4} {s.name:<28} {s.status.value:<9} attempts={s.attempts}{extra}{child}")
-    return 0
+        click.echo(f"  #{s.step_id:<4} {s.name:<28} {s.status.value:<9} attempts={s.attempts}{extra}{child}")
 
 
-def cmd_cancel(args: argparse.Namespace) -> int:
-    cancelled = _client().cancel(args.workflow_id)
-    print(f"cancelled: {', '.join(cancelled) or 'nothing (already ended)'}")
-    return 0
+@workflows.command()
+@click.argument("workflow_id")
+@json_option
+def cancel(workflow_id: str, as_json: bool) -> None:
+    """Cancel a workflow and its active children (and theirs)."""
+    cancelled = _client().cancel(workflow_id)
+    if as_json:
+        _emit_json({"cancelled": cancelled})
+    else:
+        click.echo(f"cancelled: {', '.join(cancelled) or 'nothing (already ended)'}")
 
 
-def cmd_resume(args: argparse.Namespace) -> int:
-    handle = _client().resume(args.workflow_id)
-    print(f"resumed {handle.workflow_id}")
-    return 0
+@workflows.command()
+@click.argument("workflow_id")
+@json_option
+def resume(workflow_id: str, as_json: bool) -> None:
+    """Run a CANCELLED or MAX_RECOVERY_ATTEMPTS_EXCEEDED workflow again from its last checkpoint."""
+    handle = _client().resume(workflow_id)
+    if as_json:
+        _emit_json({"resumed": handle.workflow_id})
+    else:
+        click.echo(f"resumed {handle.workflow_id}")
 
 
-def cmd_fork(args: argparse.Namespace) -> int:
-    handle = _client().fork(args.workflow_id, from_step=args.from_step, new_workflow_id=args.new_id)
-    print(f"forked {args.workflow_id} from step {args.from_step} as {handle.workflow_id}")
-    return 0
+@workflows.command()
+@click.argument("workflow_id")
+@click.option("--from-step", type=int, required=True, help="re-run from this step; earlier checkpoints are reused")
+@click.option("--new-id", help="the fork's workflow ID (must not exist yet; default: a new UUID)")
+@json_option
+def fork(workflow_id: str, from_step: int, new_id: str | None, as_json: bool) -> None:
+    """Start a new workflow with the same inputs, reusing the checkpoints before a step."""
+    handle = _client().fork(workflow_id, from_step=from_step, new_workflow_id=new_id)
+    if as_json:
+        _emit_json({"forked": workflow_id, "from_step": from_step, "workflow_id": handle.workflow_id})
+    else:
+        click.echo(f"forked {workflow_id} from step {from_step} as {handle.workflow_id}")
+
+
+@workflows.command()
+@filter_options
+@click.option("--limit", type=click.IntRange(min=1, max=5000), default=500, show_default=True)
+@json_option
+def retry(limit: int, as_json: bool, **where: Any) -> None:
+    """Retry failed workflows that match: MAX_RECOVERY_ATTEMPTS_EXCEEDED ones
+    are resumed, ERROR ones forked as <id>:retry from their first step that
+    did not succeed."""
+    report = retry_failed(_client(), _filter(**where), limit=limit)
+    if as_json:
+        _emit_json(report)
+        return
+    for source, new_id in report.forked.items():
+        click.echo(f"forked {source} as {new_id}")
+    for workflow_id in report.resumed:
+        click.echo(f"resumed {workflow_id}")
+    for workflow_id, reason in report.skipped.items():
+        click.echo(f"skipped {workflow_id}: {reason}")
+    click.echo(report.summary())
 
 
 def _flow_admin() -> Any:
@@ -113,91 +236,105 @@ def _flow_admin() -> Any:
     return FlowAdmin(client.store, client.dispatcher, client.settings, client.clock)
 
 
-def cmd_queues(args: argparse.Namespace) -> int:
-    _print_json(_flow_admin().list_queues())
-    return 0
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    cells = [[("" if r.get(c) is None else str(to_json(r.get(c)))) for c in columns] for r in rows]
+    widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
+    for row in [list(columns), *cells]:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
-def cmd_schedules(args: argparse.Namespace) -> int:
-    admin = _flow_admin()
-    if args.action == "list":
-        _print_json(admin.list_schedules())
-    elif args.action == "pause":
-        admin.pause_schedule(args.name)
-    elif args.action == "resume":
-        admin.resume_schedule(args.name)
+@cli.group()
+def queues() -> None:
+    """Queues: limits, running, backlog."""
+
+
+@queues.command("list")
+@json_option
+def list_queues(as_json: bool) -> None:
+    """Each queue's limits, running count and backlog."""
+    rows = _flow_admin().list_queues()
+    if as_json:
+        _emit_json(rows)
     else:
-        print(admin.trigger_schedule(args.name))
-    return 0
+        _table(rows, list(rows[0]) if rows else ["name"])
 
 
-def cmd_dashboard(args: argparse.Namespace) -> int:
-    from .dashboard import serve
-
-    serve(_client(), host=args.host, port=args.port)
-    return 0
+@cli.group()
+def schedules() -> None:
+    """List and steer schedules."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="durable", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+@schedules.command("list")
+@json_option
+def list_schedules(as_json: bool) -> None:
+    rows = _flow_admin().list_schedules()
+    if as_json:
+        _emit_json(rows)
+    else:
+        _table(rows, ["name", "workflow", "cron", "every_seconds", "timezone", "missed", "paused", "next_tick"])
 
-    sub.add_parser("migrate", help="create or upgrade durable's tables").set_defaults(func=cmd_migrate)
 
-    demo = sub.add_parser("demo", help="kill a worker mid-workflow and watch it recover")
-    demo.add_argument("--steps", type=int, default=6)
-    demo.add_argument("--kill-after", type=int, default=3, help="kill during the step after this one")
-    demo.set_defaults(func=cmd_demo)
+@schedules.command("pause")
+@click.argument("name")
+@json_option
+def pause_schedule(name: str, as_json: bool) -> None:
+    _flow_admin().pause_schedule(name)
+    if as_json:
+        _emit_json({"paused": name})
+    else:
+        click.echo(f"paused {name}")
 
-    worker = sub.add_parser("worker", help="start a Celery worker (arguments after -- go to celery)")
-    worker.add_argument("-A", "--app", default=os.environ.get("DURABLE_CELERY_APP", "workers.app"))
-    worker.add_argument("celery_args", nargs=argparse.REMAINDER)
-    worker.set_defaults(func=cmd_worker)
 
-    wf = sub.add_parser("workflows", help="inspect and steer workflows")
-    wf_sub = wf.add_subparsers(dest="action", required=True)
-    lst = wf_sub.add_parser("list")
-    lst.add_argument("--status", choices=[s.value for s in Status])
-    lst.add_argument("--name")
-    lst.add_argument("--queue")
-    lst.add_argument("--limit", type=int, default=50)
-    lst.add_argument("--offset", type=int, default=0)
-    lst.set_defaults(func=cmd_list)
-    for action, func in (("show", cmd_show), ("cancel", cmd_cancel), ("resume", cmd_resume)):
-        p = wf_sub.add_parser(action)
-        p.add_argument("workflow_id")
-        p.set_defaults(func=func)
-    fork = wf_sub.add_parser("fork")
-    fork.add_argument("workflow_id")
-    fork.add_argument("--from-step", type=int, required=True)
-    fork.add_argument("--new-id", help="the fork's workflow ID (must not exist yet; default: a new UUID)")
-    fork.set_defaults(func=cmd_fork)
+@schedules.command("resume")
+@click.argument("name")
+@json_option
+def resume_schedule(name: str, as_json: bool) -> None:
+    _flow_admin().resume_schedule(name)
+    if as_json:
+        _emit_json({"resumed": name})
+    else:
+        click.echo(f"resumed {name}")
 
-    queues = sub.add_parser("queues", help="queues: limits, running, backlog")
-    queues.add_subparsers(dest="action", required=True).add_parser("list").set_defaults(func=cmd_queues)
 
-    sched = sub.add_parser("schedules", help="list and steer schedules")
-    sched_sub = sched.add_subparsers(dest="action", required=True)
-    sched_sub.add_parser("list").set_defaults(func=cmd_schedules)
-    for action in ("pause", "resume", "trigger"):
-        p = sched_sub.add_parser(action)
-        p.add_argument("name")
-        p.set_defaults(func=cmd_schedules)
+@schedules.command("trigger")
+@click.argument("name")
+@json_option
+def trigger_schedule(name: str, as_json: bool) -> None:
+    """Start a tick now; prints its workflow ID."""
+    workflow_id = _flow_admin().trigger_schedule(name)
+    if as_json:
+        _emit_json({"workflow_id": workflow_id})
+    else:
+        click.echo(workflow_id)
 
-    dash = sub.add_parser("dashboard", help="serve the dashboard")
-    dash.add_argument("--host", default="127.0.0.1")
-    dash.add_argument("--port", type=int, default=8300)
-    dash.set_defaults(func=cmd_dashboard)
-    return parser
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="another address than loopback needs DURABLE_DASHBOARD_USERS or DURABLE_DASHBOARD_TOKEN")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=8300, show_default=True)
+@click.option("--prefix", default="", help="serve under this path, e.g. /durable")
+def dashboard(host: str, port: int, prefix: str) -> None:
+    """Serve the dashboard (see docs/operations.md for its authentication)."""
+    from .dashboard import serve  # starlette and uvicorn: loaded for this command alone
+
+    serve(_client(), host=host, port=port, prefix=prefix)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
-    except (DurableError, ValueError) as exc:  # bad input or state: a message, not a traceback
-        print(f"durable: {exc}", file=sys.stderr)
+        result = cli.main(args=list(argv) if argv is not None else None, prog_name="durable",
+                          standalone_mode=False)
+    except click.ClickException as exc:  # usage errors: exit 2, with the usage line
+        exc.show()
+        return exc.exit_code
+    except click.Abort:
+        click.echo("durable: aborted", err=True)
         return 1
+    except (DurableError, ValueError) as exc:  # bad input or state: a message, not a traceback
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        click.echo(f"durable: {message}", err=True)
+        return 1
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

@@ -23,9 +23,11 @@ from typing import Iterator
 import pytest
 
 from durable import DurableClient, Settings, Status
-from durable.dashboard import make_server, workflow_href
+from durable.dashboard import NO_AUTH, create_app, workflow_href
+from durable.dashboard.auth import LOOPBACK_HOSTS
 from durable.database import Database
 from durable.schema import steps
+from tests.dashboard_harness import serving
 from tests.harness import REPO
 
 DURABLE_BIN = Path(sys.executable).parent / "durable"
@@ -127,8 +129,9 @@ def test_bad_input_is_a_clear_error_not_a_traceback(env: Env) -> None:
     err = fails_cleanly(env.run("workflows", "fork", wid, "--from-step", "-1"))
     assert "from_step" in err
 
-    # argparse rejects malformed command lines with exit code 2 and a usage line
-    assert "invalid choice" in fails_cleanly(env.run("workflows", "list", "--status", "DONE"), code=2)
+    # click rejects malformed command lines with exit code 2 and a usage line
+    usage = fails_cleanly(env.run("workflows", "list", "--status", "DONE"), code=2)
+    assert "Usage: durable workflows list" in usage and "Invalid value for '--status'" in usage
     assert "--from-step" in fails_cleanly(env.run("workflows", "fork", wid), code=2)
 
 
@@ -137,15 +140,8 @@ def test_bad_input_is_a_clear_error_not_a_traceback(env: Env) -> None:
 
 @pytest.fixture
 def dashboard(env: Env) -> Iterator[str]:
-    server = make_server(env.client, host="127.0.0.1", port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serving(create_app(env.client, auth=NO_AUTH, allowed_hosts=LOOPBACK_HOSTS)) as url:
+        yield url
 
 
 def fetch(url: str) -> tuple[int, str, str]:
@@ -185,7 +181,7 @@ def test_dashboard_lists_by_status_and_escapes_user_data(env: Env, dashboard: st
 
     status, _, page = fetch(dashboard + workflow_href(evil.workflow_id))
     assert status == 200
-    assert "<script>" not in page.split("</style>", 1)[1]
+    assert "<script>alert" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
     status, _, api = fetch(dashboard + "/api/workflows?status=ENQUEUED")
@@ -258,13 +254,77 @@ def test_queues_and_schedules_from_the_command_line(env: Env) -> None:
     store.upsert_queue(QueueLimits("emails", concurrency=10, rate_limit="100/m"), 0)
     store.upsert_schedule(Schedule("nightly", "nightly", cron="0 3 * * *"), 0)
     env.client.enqueue("send_mail", queue="emails")
-    [emails] = [q for q in json.loads(ok(env.run("queues", "list"))) if q["name"] == "emails"]
+    # a table for people, --json for scripts (as every command)
+    table = ok(env.run("queues", "list")).splitlines()
+    assert table[0].split()[:2] == ["name", "concurrency"] and any(l.split()[:2] == ["emails", "10"] for l in table)
+    [emails] = [q for q in json.loads(ok(env.run("queues", "list", "--json"))) if q["name"] == "emails"]
     assert (emails["concurrency"], emails["rate_limit"], emails["backlog"]) == (10, "100/m", 1)
-    [nightly] = json.loads(ok(env.run("schedules", "list")))
+    [nightly] = json.loads(ok(env.run("schedules", "list", "--json")))
     assert nightly["cron"] == "0 3 * * *" and nightly["paused"] is False
-    ok(env.run("schedules", "pause", "nightly"))
-    assert json.loads(ok(env.run("schedules", "list")))[0]["paused"] is True
-    ok(env.run("schedules", "resume", "nightly"))
+    assert ok(env.run("schedules", "pause", "nightly")).strip() == "paused nightly"
+    assert json.loads(ok(env.run("schedules", "list", "--json")))[0]["paused"] is True
+    assert json.loads(ok(env.run("schedules", "resume", "nightly", "--json"))) == {"resumed": "nightly"}
     tick = ok(env.run("schedules", "trigger", "nightly")).strip()
     assert tick.startswith("nightly@") and env.client.get(tick).name == "nightly"
     assert "no schedule named 'nope'" in fails_cleanly(env.run("schedules", "pause", "nope"))
+
+
+def set_status(client: DurableClient, workflow_id: str, status: str, error: BaseException | None = None) -> None:
+    """A workflow ended as a worker would have ended it."""
+    from sqlalchemy import update
+
+    from durable.schema import workflows
+    from durable.serialization import dumps_error
+
+    with client.store.db.begin() as conn:
+        conn.execute(update(workflows).where(workflows.c.workflow_id == workflow_id).values(
+            status=status, error=dumps_error(error) if error else None,
+            completed_at_ms=int(time.time() * 1000), last_death="signal 9 (SIGKILL)" if error is None else None,
+        ))
+
+
+def test_json_everywhere_filters_and_bulk_retry(tmp_path: Path) -> None:
+    url, home = f"sqlite:///{tmp_path / 'x.sqlite3'}", tmp_path / "home"
+    client = DurableClient(settings=Settings(home=str(home), database_url=url))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_durable(*args, database_url=url, home=home)
+
+    for wid in ("order-1", "order-2", "mail-1"):
+        client.enqueue("process", args=[wid], workflow_id=wid)
+    add_step(client, "order-1", 0, "reserve")
+    add_step(client, "order-1", 1, "charge", status="ERROR", output=None, error=None)
+    set_status(client, "order-1", "ERROR", RuntimeError("card declined"))
+    set_status(client, "order-2", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
+
+    rows = json.loads(ok(run("workflows", "list", "--id-contains", "ORDER", "--json")))
+    assert {r["workflow_id"] for r in rows} == {"order-1", "order-2"}
+    assert all(r["inputs"] is None and r["output"] is None for r in rows)  # summaries only
+    recent = json.loads(ok(run("workflows", "list", "--created-after", "1h", "--status", "ERROR", "--json")))
+    assert [r["workflow_id"] for r in recent] == ["order-1"] and recent[0]["error"]["message"] == "card declined"
+    assert json.loads(ok(run("workflows", "list", "--created-before", "2000-01-01", "--json"))) == []
+    shown = json.loads(ok(run("workflows", "show", "order-1", "--json")))
+    assert shown["workflow"]["inputs"]["args"] == ["order-1"] and [s["name"] for s in shown["steps"]] == ["reserve", "charge"]
+
+    # quarantined: resumed in place; ERROR: forked from its failed step, once
+    report = json.loads(ok(run("workflows", "retry", "--json")))
+    assert report["resumed"] == ["order-2"] and report["forked"] == {"order-1": "order-1:retry"}
+    assert client.get("order-2").status is Status.ENQUEUED
+    assert [s.name for s in client.list_steps("order-1:retry")] == ["reserve"]
+    again = ok(run("workflows", "retry", "--status", "ERROR"))
+    assert "skipped order-1: already retried as order-1:retry" in again and "forked 0" in again
+
+    assert json.loads(ok(run("workflows", "cancel", "mail-1", "--json"))) == {"cancelled": ["mail-1"]}
+    assert json.loads(ok(run("workflows", "resume", "mail-1", "--json"))) == {"resumed": "mail-1"}
+    forked = json.loads(ok(run("workflows", "fork", "mail-1", "--from-step", "0", "--new-id", "mail-2", "--json")))
+    assert forked == {"forked": "mail-1", "from_step": 0, "workflow_id": "mail-2"}
+    assert json.loads(ok(run("migrate", "--json")))["revision"] == Database.head_revision()
+
+    usage = fails_cleanly(run("workflows", "list", "--created-after", "yesterday"), code=2)
+    assert "Invalid value for '--created-after'" in usage
+    assert "Usage:" in fails_cleanly(run("workflows", "frobnicate"), code=2)
+    # a dashboard on another address than loopback needs credentials: one line, exit 1
+    refused = fails_cleanly(run("dashboard", "--host", "0.0.0.0", "--port", "0"))
+    assert "refusing to serve the dashboard on 0.0.0.0 without authentication" in refused
+    assert len(refused.strip().splitlines()) == 1
+    client.store.db.dispose()

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("dispatch", {"dispatch", "starting", "mailbox", "in_transaction"}),
     ("engine", {"engine", "messaging", "transactions", "runner", "leases", "recovery", "retention"}),
     ("surfaces", {
-        "app", "client", "contrib", "helpers", "dispatched_steps", "canvas", "flow_admin", "celery_binding", "pool_watch", "cli", "dashboard", "demo",
+        "app", "client", "contrib", "helpers", "dispatched_steps", "canvas", "flow_admin", "workflow_admin", "celery_binding", "pool_watch", "cli", "dashboard", "demo",
         "__init__",
     }),
 ]
