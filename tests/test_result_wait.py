@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from durable import DurableClient
-from durable.client import new_workflow_row
+from durable.client import SAFETY_POLL_FIRST_SECONDS, SAFETY_POLL_MAX_SECONDS, new_workflow_row
 from durable.database import Database
 from durable.errors import DurableError
 from durable.records import Status
@@ -47,15 +47,25 @@ def count_looks(client: DurableClient) -> Callable[[], int]:
     return lambda: calls[0]
 
 
+def most_looks_without_polling(elapsed_seconds: float) -> int:
+    """The looks a wait woken by the end makes in this time: the first,
+    one per pause of the safety net (0.5 s doubling to 5 s) that fits, and
+    one after the wake-up."""
+    looks, waited, pause = 2, 0.0, SAFETY_POLL_FIRST_SECONDS
+    while waited + pause <= elapsed_seconds:
+        looks, waited, pause = looks + 1, waited + pause, min(pause * 2, SAFETY_POLL_MAX_SECONDS)
+    return looks
+
+
 def test_a_result_wait_is_woken_by_the_end_not_by_polling(client, start_worker, effects_dir):
     start_worker()
     looks = count_looks(client)
     handle = client.enqueue("slow_workflow", args=["done", 3.0])
+    started = time.monotonic()
     assert handle.result(timeout=60) == "done"
-    # a 3 s wait polled every 0.2 s looks 15 times or more; woken by the
-    # notification: the first look, the safety net's (0.5 s, 1 s) and the
-    # one after the end
-    assert looks() <= 5, looks()
+    elapsed = time.monotonic() - started
+    # polled every 0.2 s, a wait of 3 s or more looks 15 times or more
+    assert looks() <= most_looks_without_polling(elapsed) < elapsed / 0.2, (looks(), elapsed)
     listener = client.ended_listener()
     assert listener is not None and listener.listening
 
@@ -66,10 +76,13 @@ def test_a_cancel_wakes_the_wait(client, start_worker, effects_dir):
     handle = client.enqueue("slow_workflow", args=["never", 60.0])
     wait_for(lambda: handle.status().status is Status.PENDING, 60, "the workflow to start")
     threading.Timer(2.0, client.cancel, args=[handle.workflow_id]).start()
+    started = time.monotonic()
     with pytest.raises(DurableError):
         handle.result(timeout=60)
+    elapsed = time.monotonic() - started
     assert handle.status().status is Status.CANCELLED
-    assert looks() <= 6, looks()  # the status polls above are not counted: get() reads the row
+    # (the status polls above are not counted: get() reads the whole row)
+    assert looks() <= most_looks_without_polling(elapsed) < elapsed / 0.2, (looks(), elapsed)
 
 
 def test_a_lost_listen_connection_is_made_again_and_the_wait_still_ends(client, backend, start_worker, effects_dir):
