@@ -14,6 +14,7 @@ from celery import Celery
 from celery.canvas import chain as celery_chain, chord as celery_chord, group as celery_group
 
 from . import celery_binding, sagas
+from .breakers import CircuitBreaker
 from .canvas import CANVAS_WORKFLOW, Canvas, CanvasRunner, ChainContinuations, describe, signatures
 from .client import Management, WorkflowHandle
 from .clock import SYSTEM_CLOCK, Clock
@@ -27,7 +28,7 @@ from .flow_admin import FlowAdmin
 from .limits import QueueLimits
 from .messaging import Messaging
 from .retry import RetryPolicy
-from .records import TERMINAL_STATUSES
+from .records import TERMINAL_STATUSES, datetime_from_ms
 from .retention import collect_garbage
 from .runner import Runner
 from .schedules import Schedule, seconds_to_ms
@@ -130,6 +131,7 @@ class StepFunction:
         self, fn: Callable[..., Any], name: str, policy: RetryPolicy,
         transactions: Transactions | None = None, isolation: str | None = None,
         dispatched: Dispatched | None = None, compensate: Callable[..., Any] | None = None,
+        circuit: CircuitBreaker | None = None,
     ):
         self.fn = fn
         self.name = name
@@ -138,6 +140,7 @@ class StepFunction:
         self.isolation = isolation
         self.dispatched = dispatched
         self.compensate = compensate  # its undo in a saga: compensate(result, *args, **kwargs)
+        self.circuit = circuit  # the breaker its attempts pass and count in
         functools.update_wrapper(self, fn)
 
     @property
@@ -233,9 +236,11 @@ class Durable(Management):
             continuations=ChainContinuations(self, self.celery),
         )
         self.queues: dict[str, QueueLimits] = {}
+        self.breakers: dict[str, CircuitBreaker] = {}
         self.schedules: dict[str, Schedule] = {}
         self.runner = Runner(
-            collaborators, self.registry, declared_queues=self.queues, declared_schedules=self.schedules
+            collaborators, self.registry, declared_queues=self.queues, declared_schedules=self.schedules,
+            declared_breakers=self.breakers,
         )
         self._canvas_workflow: WorkflowFunction[Any] = self.workflow(name=CANVAS_WORKFLOW)(
             CanvasRunner(self, self.celery, lambda: self._canvas_workflow)
@@ -356,13 +361,20 @@ class Durable(Management):
             check_name(step_name, "step name")
             if compensate is not None and not callable(compensate):
                 raise TypeError(f"compensate must be a function, got {compensate!r}")
+            breaker = None
+            if circuit is not None:
+                breaker = self.breakers.get(circuit)
+                if breaker is None:
+                    raise ValueError(
+                        f"no circuit breaker named {circuit!r}: declare it first with dur.circuit_breaker({circuit!r}, ...)"
+                    )
             if queue is None:
-                return StepFunction(f, step_name, policy, compensate=compensate)
+                return StepFunction(f, step_name, policy, compensate=compensate, circuit=breaker)
             dispatched = Dispatched(
                 self, self.celery, step_workflow_name(step_name), queue, on_crash_queue,
                 max_recovery_attempts,
             )
-            step = StepFunction(f, step_name, policy, dispatched=dispatched, compensate=compensate)
+            step = StepFunction(f, step_name, policy, dispatched=dispatched, compensate=compensate, circuit=breaker)
             self._register_dispatched(step, dispatched)
             return step
 
@@ -503,6 +515,46 @@ class Durable(Management):
             return workflow
 
         return register
+
+    def circuit_breaker(
+        self, name: str, failure_threshold: int = 5, window: float = 60.0, reset_timeout: float = 30.0
+    ) -> CircuitBreaker:
+        """A breaker shared by every worker and host: `failure_threshold`
+        failed attempts of steps bound to it (`@dur.step(circuit=name)`)
+        within `window` seconds open it for `reset_timeout` seconds, then one
+        probe attempt decides. Written to the database on first use."""
+        check_name(name, "circuit breaker name")
+        breaker = CircuitBreaker.of(name, failure_threshold, window, reset_timeout)
+        self.breakers[name] = breaker
+        return breaker
+
+    def list_breakers(self) -> list[dict[str, Any]]:
+        return [
+            dict(name=r["name"], state=r["state"], open_until=datetime_from_ms(r["open_until_ms"]),
+                 failure_threshold=r["failure_threshold"], window_seconds=r["window_ms"] / 1000,
+                 reset_timeout_seconds=r["reset_timeout_ms"] / 1000)
+            for r in self.store.list_breakers()
+        ]
+
+    def open_breaker(self, name: str, seconds: float | None = None) -> None:
+        """Open a breaker by hand (for `seconds`, default its reset timeout)."""
+        self._steer_breaker(name, "open", seconds)
+
+    def close_breaker(self, name: str) -> None:
+        self._steer_breaker(name, "closed", None)
+
+    def _steer_breaker(self, name: str, state: str, seconds: float | None) -> None:
+        known = {r["name"]: r for r in self.store.list_breakers()}
+        if name not in known and name in self.breakers:
+            self.store.upsert_breaker(self.breakers[name], self.clock.now_ms())
+            known = {r["name"]: r for r in self.store.list_breakers()}
+        if name not in known:
+            raise ValueError(f"no circuit breaker named {name!r}")
+        until = None
+        if state == "open":
+            length_ms = known[name]["reset_timeout_ms"] if seconds is None else int(seconds * 1000)
+            until = self.clock.now_ms() + length_ms
+        self.store.set_breaker(name, state, until, self.clock.now_ms())
 
     def list_queues(self) -> list[dict[str, Any]]:
         return self._flow_admin().list_queues()

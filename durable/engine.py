@@ -35,11 +35,13 @@ from sqlalchemy.engine import Connection
 
 from . import metrics
 from . import serialization as ser
+from .breakers import OPEN, CircuitBreaker
 from .clock import Clock
 from .context import StepContext, enter_execution, enter_step
 from .database import retry_while_unavailable
 from .dispatch import Dispatcher, publish_if_runnable
 from .errors import (
+    CircuitOpenError,
     DuplicateWorkflowError,
     MaxStepRetriesExceededError,
     NonDeterministicWorkflowError,
@@ -352,8 +354,12 @@ class Execution:
 
             existing = None
             attempt_began = time.perf_counter()  # for the metric only: not durable state
+            breaker = getattr(step, "circuit", None)
+            probe_token = f"{self.workflow_id}:{position.step_id}:{attempts}"
             try:
                 with enter_step(StepContext(position.step_id, step.name, attempts, policy.max_attempts)):
+                    if breaker is not None:
+                        self._pass_breaker(breaker, probe_token)
                     if transactional:
                         result, existing = self._transactions().run(self, step, position, args, kwargs, success)
                     else:
@@ -362,11 +368,15 @@ class Execution:
                         check_payload_size(output, self.settings, f"the result of step {step.name!r}")
             except Exception as exc:
                 metrics.STEP_SECONDS.labels(step.name, "error").observe(time.perf_counter() - attempt_began)
+                if breaker is not None and not isinstance(exc, CircuitOpenError):
+                    self._report_to_breaker(breaker, probe_token, succeeded=False)
                 attempts += 1
                 errors.append(self._attempt_error(exc, attempts))
                 if isinstance(exc, SerializationError) or not policy.should_retry(exc, attempts):
                     return self._fail_step(position, policy, exc, attempts, errors, started_ms)
                 next_at = self.clock.now_ms() + int(policy.delay_seconds(attempts) * 1000)
+                if isinstance(exc, CircuitOpenError) and exc.open_until_ms:
+                    next_at = max(next_at, exc.open_until_ms)  # wait for the reset: a timer if long
                 existing = self.record(self.outcome(
                     position, StepStatus.RETRYING, attempts=attempts, attempt_errors=errors,
                     next_attempt_at_ms=next_at, started_at_ms=started_ms,
@@ -376,6 +386,8 @@ class Execution:
                 self.wait_until(next_at)
                 continue
             metrics.STEP_SECONDS.labels(step.name, "success").observe(time.perf_counter() - attempt_began)
+            if breaker is not None:
+                self._report_to_breaker(breaker, probe_token, succeeded=True)
             if not transactional and not checkpoint_success:
                 return result
             if not transactional:  # outside the try: a failed write is no failed attempt
@@ -398,6 +410,22 @@ class Execution:
         if existing is not None:
             return self.replay(existing)
         raise final
+
+    def _pass_breaker(self, breaker: CircuitBreaker, token: str) -> None:
+        """Raise CircuitOpenError, without calling the step, while its
+        breaker is open (or another attempt is its half-open probe)."""
+        verdict, until = retry_while_unavailable(
+            lambda: self.store.breaker_before(breaker, token, self.clock.now_ms()),
+            "reading a circuit breaker", clock=self.clock,
+        )
+        if verdict == OPEN:
+            raise CircuitOpenError(breaker.name, until)
+
+    def _report_to_breaker(self, breaker: CircuitBreaker, token: str, succeeded: bool) -> None:
+        retry_while_unavailable(
+            lambda: self.store.breaker_after(breaker, token, succeeded, self.clock.now_ms()),
+            "counting for a circuit breaker", clock=self.clock,
+        )
 
     def _transactions(self) -> TransactionalSteps:
         if self.collaborators.transactions is None:

@@ -22,6 +22,7 @@ from .engine import Collaborators, Ending, Execution
 from .errors import MaxRecoveryAttemptsExceededError, UnknownWorkflowError
 from .leases import LeaseKeeper
 from .records import Status
+from .breakers import CircuitBreaker
 from .limits import QueueLimits
 from .schedules import Schedule
 from .store import HELD, NOT_GATED, Claim, crash_text
@@ -78,6 +79,7 @@ class Runner:
         owner: Callable[[], str] = process_owner,
         declared_queues: Mapping[str, QueueLimits] | None = None,
         declared_schedules: Mapping[str, Schedule] | None = None,
+        declared_breakers: Mapping[str, CircuitBreaker] | None = None,
     ):
         self.collaborators = collaborators
         self.store = collaborators.store
@@ -87,6 +89,7 @@ class Runner:
         self.owner = owner
         self.declared_queues = declared_queues if declared_queues is not None else {}
         self.declared_schedules = declared_schedules if declared_schedules is not None else {}
+        self.declared_breakers = declared_breakers if declared_breakers is not None else {}
         self._limits: dict[str, QueueLimits] | None = None
         self.leases = LeaseKeeper(self.store, self.settings.lease_seconds, self.clock)
 
@@ -170,6 +173,10 @@ class Runner:
         now = self.clock.now_ms()
         for queue in self.declared_queues.values():
             retry_while_unavailable(lambda: self.store.upsert_queue(queue, now), "declaring a queue", clock=self.clock)
+        for breaker in self.declared_breakers.values():
+            retry_while_unavailable(
+                lambda: self.store.upsert_breaker(breaker, now), "declaring a circuit breaker", clock=self.clock
+            )
         for schedule in self.declared_schedules.values():
             retry_while_unavailable(
                 lambda: self.store.upsert_schedule(schedule, now), "declaring a schedule", clock=self.clock

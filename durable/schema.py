@@ -159,6 +159,23 @@ schedules = Table(
     Column("updated_at_ms", BigInteger, nullable=False),
 )
 
+# Circuit breakers (`dur.circuit_breaker`), shared by every worker: state
+# closed / open (until open_until_ms) / half_open (probe_owner's attempt is
+# the one let through); failures: JSON list of recent failure times.
+breakers = Table(
+    "durable_breakers",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("state", String(20), nullable=False),
+    Column("open_until_ms", BigInteger, nullable=True),
+    Column("probe_owner", String(600), nullable=True),
+    Column("failures", Text, nullable=False, server_default="[]"),
+    Column("failure_threshold", Integer, nullable=False),
+    Column("window_ms", BigInteger, nullable=False),
+    Column("reset_timeout_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
 # Durable messages (`durable.send` / `durable.recv`). `seq` orders them: recv
 # takes the oldest unconsumed one for its (workflow, topic). `message_id` is
 # unique: a send from a workflow derives it from (sender, step), so a replayed

@@ -6,6 +6,7 @@ fork), and messages and events."""
 from __future__ import annotations
 
 from .base import DedupConflict, StartResult
+from .breakers import BreakerSql
 from .execution import Claim, ExecutionSql, crash_text
 from .flow import HELD, NOT_GATED, FlowSql
 from .management import ManagementSql
@@ -19,7 +20,8 @@ __all__ = ["HELD", "NOT_GATED", "Claim", "DedupConflict", "Doorbell", "StartResu
 
 
 class Store(
-    ReroutingSql, FlowSql, ExecutionSql, SweepSql, RetentionSql, ManagementSql, MessagesSql, ScheduleSql
+    ReroutingSql, FlowSql, ExecutionSql, SweepSql, RetentionSql, ManagementSql, MessagesSql, ScheduleSql,
+    BreakerSql,
 ):
     """The system database, as the engine, the sweeper and the client use it.
 
