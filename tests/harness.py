@@ -41,7 +41,7 @@ class Backend:
             DURABLE_HOME=str(self.home),
             DURABLE_DATABASE_URL=self.database_url,
             DURABLE_BROKER_URL=self.broker_url,
-            DURABLE_IMPORTS="tests.workflows,tests.failure_workflows,tests.tx_workflows,tests.message_workflows,tests.dispatch_workflows,tests.flow_workflows,examples.user_pipeline.workflows",
+            DURABLE_IMPORTS="tests.workflows,tests.failure_workflows,tests.tx_workflows,tests.message_workflows,tests.dispatch_workflows,tests.flow_workflows,tests.saga_workflows,examples.user_pipeline.workflows",
             DURABLE_TEST_EFFECTS_DIR=str(effects_dir),
             PYTHONPATH=str(REPO),
         )
