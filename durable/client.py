@@ -8,6 +8,7 @@ the engine or the worker (a test holds it to that).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import json
 import threading
@@ -462,6 +463,10 @@ class DurableClient(Management):
         on_duplicate: str = "raise",
         transaction: Any = None,
         allow_unknown: bool = False,
+        partition_key: str | None = None,
+        delay: float | None = None,
+        start_at: dt.datetime | None = None,
+        debounce: float | None = None,
     ) -> WorkflowHandle:
         """Start workflow `workflow_name` with these arguments; returns its
         handle at once.
@@ -479,17 +484,24 @@ class DurableClient(Management):
         the parameter; nothing is written). A name no worker recorded is
         refused with UnknownWorkflowError once the database knows any
         workflow at all (before any worker ever started, nothing can be
-        checked); `allow_unknown=True` enqueues it anyway."""
+        checked); `allow_unknown=True` enqueues it anyway.
+
+        `partition_key`, `delay`, `start_at` and `debounce` are the flow
+        control options of `.options()` (docs/flow-control-and-schedules.md)."""
         if not isinstance(workflow_name, str) or not workflow_name:
             raise ValueError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
-        StartOptions(  # validates the options the same way start() does
+        options = StartOptions(  # validates the options the same way start() does
             workflow_id=workflow_id, dedup_key=dedup_key, queue=queue, priority=priority,
             timeout=timeout, on_duplicate=on_duplicate, max_recovery_attempts=max_recovery_attempts,
+            partition_key=partition_key, delay=delay, start_at=start_at, debounce=debounce,
         )
+        if debounce is not None and transaction is not None:
+            raise ValueError("debounce replaces a pending workflow's inputs: not inside a caller's transaction")
         row = new_workflow_row(
             self.settings, workflow_name, args, kwargs or {}, workflow_id=workflow_id, queue=queue,
             dedup_key=dedup_key, priority=priority, timeout_seconds=timeout,
             max_recovery_attempts=max_recovery_attempts, clock=self.clock,
+            partition_key=partition_key, start_at_ms=options.start_at_ms(self.clock.now_ms()),
         )
         self._recorded_inputs.check(workflow_name, args, kwargs or {}, allow_unknown)
         if transaction is not None:
@@ -497,7 +509,9 @@ class DurableClient(Management):
                 self._in_transaction = InTransaction(self.store, self.dispatcher, self.clock)
             workflow_id = start_in_transaction(self._in_transaction, row, transaction, on_duplicate)
         else:
-            workflow_id = start_workflow(self.store, self.dispatcher, row, on_duplicate, self.clock)
+            workflow_id = start_workflow(
+                self.store, self.dispatcher, row, on_duplicate, self.clock, debounce=debounce is not None
+            )
         return WorkflowHandle(workflow_id, self)
 
     async def enqueue_async(

@@ -253,3 +253,21 @@ def test_operators_list_and_steer_queues_and_schedules(cluster: Cluster) -> None
     assert handle.status().status is Status.SUCCESS and len(ran) == 1
     with pytest.raises(ValueError, match="no schedule"):
         dur.pause_schedule("nope")
+
+
+def test_the_web_client_takes_the_same_flow_options(cluster: Cluster, tmp_path) -> None:
+    from durable import DurableClient
+
+    dur = cluster.dur
+    client = DurableClient(settings=dur.settings.with_overrides(home=str(tmp_path / "client")))
+    client.clock = cluster.clock  # the test's time, as the app's
+    delayed = client.enqueue("later", partition_key="user-1", delay=5, allow_unknown=True)
+    row = dur.store.workflow_row(delayed.workflow_id)
+    assert row["partition_key"] == "user-1" and row["start_at_ms"] == cluster.clock.now_ms() + 5000
+    first = client.enqueue("digest", args=["a"], dedup_key="d", debounce=1, allow_unknown=True)
+    second = client.enqueue("digest", args=["b"], dedup_key="d", debounce=1, allow_unknown=True)
+    assert first.workflow_id == second.workflow_id
+    assert dur.store.workflow_row(first.workflow_id)["inputs"] == '{"args":["b"],"kwargs":{}}'
+    with pytest.raises(ValueError, match="dedup_key"):
+        client.enqueue("digest", debounce=1, allow_unknown=True)
+    client.store.db.dispose()
