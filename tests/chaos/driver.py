@@ -530,10 +530,19 @@ class Chaos:
             effects_by_run[(e["wf"], e["step"], e["attempt"])].append(e)
         lost: dict[str, set] = collections.defaultdict(set)
         epochs_seen: dict[str, set] = collections.defaultdict(set)
+        pids_of_epoch: dict[tuple[str, int], set] = collections.defaultdict(set)
+        for e in effects:
+            pids_of_epoch[(e["wf"], e["epoch"])].add(e["pid"])
         for (wid, _step, _attempt), epochs in runs.items():
             epochs_seen[wid] |= epochs
             if len(epochs) > 1:
                 lost[wid] |= set(sorted(epochs)[:-1])
+        # An execution taken over while its process was frozen (alive) counts
+        # no recovery (docs/guarantees.md): only the others must be counted.
+        lost_dead = {
+            wid: {ep for ep in eps if not pids_of_epoch[(wid, ep)] <= self.frozen_pids}
+            for wid, eps in lost.items()
+        }
         # A step repeated by a later execution is only allowed when the process
         # that ran it first was killed, frozen or OOM-killed: a Postgres or Redis
         # restart must not lose a finished step (its checkpoint waits for the
@@ -551,9 +560,9 @@ class Chaos:
                 r.violate(f"{wid}: {w['recovery_attempts']} recoveries but only {w['lease_epoch']} claims")
             if max(epochs_seen.get(wid, {0}), default=0) > w["lease_epoch"]:
                 r.violate(f"{wid}: an execution ran with an epoch above lease_epoch {w['lease_epoch']}")
-            if len(lost.get(wid, ())) > w["recovery_attempts"]:
-                r.violate(f"{wid}: {len(lost[wid])} executions observed lost (epochs {sorted(lost[wid])}) "
-                          f"but recovery_attempts={w['recovery_attempts']}")
+            if len(lost_dead.get(wid, ())) > w["recovery_attempts"]:
+                r.violate(f"{wid}: {len(lost_dead[wid])} executions observed lost by processes not frozen "
+                          f"(epochs {sorted(lost_dead[wid])}) but recovery_attempts={w['recovery_attempts']}")
 
         # 6. what the workers' logs say: duplicate deliveries skipped, zombie writes fenced
         for worker_log in self.dir.glob("worker*.log"):
