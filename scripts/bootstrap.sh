@@ -1,5 +1,5 @@
 # Sourced by scripts/demo and scripts/test: a virtualenv with durable
-# installed, and (for tests) Postgres, Redis and libfaketime from Debian packages.
+# installed, and (for tests) Postgres, Redis, RabbitMQ and libfaketime from Debian packages.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +25,8 @@ ensure_servers() {
     local missing=()
     command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
     compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+    # the RabbitMQ tests (tests/test_rabbitmq.py, tests/test_chaos_rabbitmq.py)
+    [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
     # a worker whose clock runs ahead (tests/test_leases.py)
     compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(libfaketime)
     if [ "${#missing[@]}" -gt 0 ]; then
@@ -35,6 +37,7 @@ ensure_servers() {
         # tests start their own on free loopback ports, so stop those
         as_root service redis-server stop >/dev/null 2>&1 || true
         as_root service postgresql stop >/dev/null 2>&1 || true
+        as_root service rabbitmq-server stop >/dev/null 2>&1 || true
     fi
 }
 

@@ -1,8 +1,9 @@
-"""Fixtures: real Postgres and Redis (started here unless the environment
-names running ones), and one backend per store dialect.
+"""Fixtures: real Postgres, Redis and RabbitMQ (started here unless the
+environment names running ones), and one backend per store dialect, plus
+Postgres with RabbitMQ for the tests that ask for it.
 
-A test that needs Postgres or Redis fails, never skips, when it cannot get
-them: the fixtures raise.
+A test that needs Postgres, Redis or RabbitMQ fails, never skips, when it
+cannot get them: the fixtures raise.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from sqlalchemy import create_engine, text
 
 from durable import DurableClient
 from tests.harness import FAST_RECOVERY, Backend, Worker
-from tests.servers import THROWAWAY, Postgres, Redis
+from tests.servers import THROWAWAY, Postgres, RabbitMQ, Redis
 
-Server = TypeVar("Server", Postgres, Redis)
+Server = TypeVar("Server", Postgres, Redis, RabbitMQ)
 
 # Every test makes fresh databases and lets its processes (workers included:
 # they inherit this environment) create durable's tables on first use.
@@ -90,14 +91,28 @@ def redis_url(redis_server: Redis | None) -> str:
     return redis_server.url if redis_server else os.environ["DURABLE_TEST_REDIS_URL"]
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_server(scratch_dir: Path) -> Iterator[RabbitMQ | None]:
+    """Started by the first test that needs it in this pytest process."""
+    yield from _own_server(RabbitMQ(scratch_dir / "rabbitmq"), "DURABLE_TEST_RABBITMQ_URL")
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url(rabbitmq_server: RabbitMQ | None) -> str:
+    return rabbitmq_server.url if rabbitmq_server else os.environ["DURABLE_TEST_RABBITMQ_URL"]
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request, tmp_path: Path) -> Backend:
     """Tests that take a backend run once per store dialect: SQLite with the
     embedded filesystem broker, and Postgres with Redis. A module that needs
-    Postgres overrides it with a `backend` fixture returning `pg_backend`."""
+    Postgres overrides it with a `backend` fixture returning `pg_backend`;
+    one parametrized with "rabbitmq" (indirect) runs on Postgres with RabbitMQ."""
     if request.param == "sqlite":
         home = tmp_path / "home"
         return Backend("sqlite", f"sqlite:///{home / 'durable.sqlite3'}", "filesystem://", home)
+    if request.param == "rabbitmq":
+        return request.getfixturevalue("rabbitmq_backend")
     return request.getfixturevalue("pg_backend")
 
 
@@ -124,6 +139,23 @@ def pg_backend(request, create_pg_database, redis_url: str, tmp_path: Path) -> B
     redis_client.Redis.from_url(broker_url).flushdb()
     suite = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
     return Backend("postgres", create_pg_database(suite), broker_url, tmp_path / "home")
+
+
+@pytest.fixture
+def rabbitmq_backend(request, create_pg_database, rabbitmq_url: str, tmp_path: Path) -> Backend:
+    """A fresh Postgres database and RabbitMQ as the broker, its default
+    queue emptied first (one test at a time per pytest process, and each
+    process has its own RabbitMQ unless DURABLE_TEST_RABBITMQ_URL names one)."""
+    from kombu import Connection
+
+    with Connection(rabbitmq_url, connect_timeout=10) as conn:
+        channel = conn.channel()
+        try:
+            channel.queue_purge("celery")
+        except conn.channel_errors:  # not declared yet: nothing in it
+            pass
+    suite = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_")
+    return Backend("rabbitmq", create_pg_database(suite), rabbitmq_url, tmp_path / "home")
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Throwaway Postgres and Redis servers on free loopback ports, for tests,
+"""Throwaway Postgres, Redis and RabbitMQ servers on free loopback ports, for tests,
 the chaos suite and benchmarks. Each is started by its PID and stopped by it.
 
     python -m tests.servers start DIR   # prints export lines for the shell
@@ -82,7 +82,7 @@ def _wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen, what: st
     raise RuntimeError(f"{what} did not listen on 127.0.0.1:{port} within {timeout_s}s")
 
 
-def _start_with_retries(server: "Postgres | Redis", launch: Callable[[], None], what: str) -> None:
+def _start_with_retries(server: "Postgres | Redis | RabbitMQ", launch: Callable[[], None], what: str) -> None:
     """Launches the server; when its port was taken meanwhile, tries again:
     on a fresh port before anyone was told this one, on the same port (a
     restart: clients know it) once whatever held it let go."""
@@ -299,6 +299,117 @@ class Redis:
             return
         _stop_pid(self.proc.pid, signal.SIGKILL if hard else signal.SIGTERM, self.proc)
         self.proc = None
+
+
+@dataclass
+class RabbitMQ:
+    """A RabbitMQ node of its own (Debian's rabbitmq-server): its own data
+    directory, node name, Erlang cookie and port mapper (epmd), all on free
+    loopback ports; the server and its epmd are stopped by their PIDs."""
+
+    directory: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+    epmd: subprocess.Popen | None = None
+    started_once: bool = False
+    epmd_port: int = field(default_factory=free_port)
+    dist_port: int = field(default_factory=free_port)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    @property
+    def node(self) -> str:
+        return f"durable{self.port}@localhost"
+
+    def start(self) -> "RabbitMQ":
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            _start_with_retries(self, self._launch, "rabbitmq-server")
+        except BaseException:
+            self.stop(hard=True)
+            raise
+        return self
+
+    def _env(self) -> dict[str, str]:
+        base = self.directory
+        return dict(
+            os.environ,
+            HOME=str(base),  # its Erlang cookie
+            ERL_EPMD_PORT=str(self.epmd_port),
+            ERL_EPMD_ADDRESS="127.0.0.1",
+            RABBITMQ_NODENAME=self.node,
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(base / "log"),
+            RABBITMQ_LOGS="-",  # to stdout: its log file below
+            RABBITMQ_CONFIG_FILE=str(base / "rabbitmq"),
+            RABBITMQ_ADVANCED_CONFIG_FILE=str(base / "advanced.config"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(base / "enabled_plugins"),
+            RABBITMQ_PID_FILE=str(base / "rabbitmq.pid"),
+            RUNNING_UNDER_SYSTEMD="true",  # `exec erl`: the PID is the server's own
+        )
+
+    def _launch(self) -> None:
+        server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+        if not os.path.exists(server):
+            raise RuntimeError("RabbitMQ not found: install the rabbitmq-server package")
+        (self.directory / "enabled_plugins").write_text("[].\n")
+        log_path = self.directory / "rabbitmq.log"
+        offset = log_path.stat().st_size if log_path.exists() else 0
+        env = self._env()
+        with open(log_path, "ab") as log:
+            if self.epmd is None or self.epmd.poll() is not None:
+                # our own port mapper, not a daemon: the node would start one that outlives it
+                self.epmd = subprocess.Popen(
+                    [shutil.which("epmd") or "/usr/bin/epmd", "-port", str(self.epmd_port), "-address", "127.0.0.1"],
+                    stdout=log, stderr=log, start_new_session=True, env=env,
+                )
+                _wait_for_port(self.epmd_port, 15, self.epmd, "epmd", log_path, offset)
+            self.proc = subprocess.Popen(
+                [server], stdout=log, stderr=log, start_new_session=True, env=env, cwd=str(self.directory),
+            )
+        _wait_for_port(self.port, 90, self.proc, "rabbitmq-server", log_path, offset)
+        self._check_own(log_path, offset)
+
+    def _check_own(self, log_path: Path, offset: int) -> None:
+        """The node answering AMQP on the port is this one (its cluster name is its node name)."""
+        import amqp
+
+        assert self.proc is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise _exited(self.proc, "rabbitmq-server", log_path, offset)
+            try:
+                conn = amqp.Connection(f"127.0.0.1:{self.port}", userid="guest", password="guest", connect_timeout=3)
+                conn.connect()
+                name = conn.server_properties.get("cluster_name", "")
+                conn.close()
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.2)
+                continue
+            if name.split("@")[0] != self.node.split("@")[0]:
+                raise PortTaken(f"another RabbitMQ ({name}) answers on port {self.port}")
+            return
+        raise RuntimeError(f"rabbitmq-server on port {self.port} did not accept AMQP connections")
+
+    def stop_quietly(self) -> None:
+        _stop_quietly(self.proc)
+        self.proc = None
+
+    def stop(self, hard: bool = False, keep_epmd: bool = False) -> None:
+        """SIGTERM (a clean stop) or SIGKILL; the port mapper too unless kept
+        for a restart."""
+        if self.proc is not None:
+            _stop_pid(self.proc.pid, signal.SIGKILL if hard else signal.SIGTERM, self.proc, timeout_s=60)
+            self.proc = None
+        if self.epmd is not None and not keep_epmd:
+            _stop_pid(self.epmd.pid, signal.SIGTERM, self.epmd)
+            self.epmd = None
 
 
 def _stop_pid(pid: int, sig: int, proc: subprocess.Popen | None = None, timeout_s: float = 20) -> None:

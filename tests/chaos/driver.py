@@ -1,7 +1,7 @@
-"""The chaos driver: real Postgres, Redis and Celery workers, a mixed load,
-faults at random but reproducible times, then invariants.
+"""The chaos driver: real Postgres, Redis (or RabbitMQ) and Celery workers,
+a mixed load, faults at random but reproducible times, then invariants.
 
-    .venv/bin/python -m tests.chaos.driver --seconds 300 --workflows 1000 --seed N
+    .venv/bin/python -m tests.chaos.driver --seconds 300 --workflows 1000 --seed N [--broker rabbitmq]
 
 See tests/chaos/README.md. Exits 0 only when every invariant holds.
 """
@@ -28,12 +28,13 @@ from typing import Any, Callable
 from sqlalchemy import create_engine, text
 
 from tests.harness import REPO, Backend, Worker
-from tests.servers import Postgres, Redis
+from tests.servers import Postgres, RabbitMQ, Redis
 
 TERMINAL = ("SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
 MEMORY_QUEUE = "chaos-memory"
 
-# Every kind the full run injects; REQUIRED ones are scheduled at least once.
+# Every kind the full run injects (with Redis as the broker), each scheduled
+# at least once.
 FAULT_WEIGHTS = {
     "kill_child": 5,
     "kill_worker": 3,
@@ -44,7 +45,18 @@ FAULT_WEIGHTS = {
     "pg_restart_fast": 1,
     "pg_restart_immediate": 1,
 }
-REQUIRED = list(FAULT_WEIGHTS)
+
+
+def fault_weights(broker: str, kinds: str | None = None) -> dict[str, int]:
+    """The kinds for this broker (its restarts are the broker's own), or
+    those of them named in `kinds` (comma-separated)."""
+    weights = {kind.replace("redis", broker): weight for kind, weight in FAULT_WEIGHTS.items()}
+    if kinds:
+        unknown = set(kinds.split(",")) - set(weights)
+        if unknown:
+            raise SystemExit(f"unknown fault kinds for {broker}: {sorted(unknown)}; known: {sorted(weights)}")
+        weights = {kind: weights[kind] for kind in kinds.split(",")}
+    return weights
 
 
 def log(message: str) -> None:
@@ -88,6 +100,8 @@ class Chaos:
         self.report = Report(seed=self.seed)
         self.pg: Postgres | None = None
         self.redis: Redis | None = None
+        self.rabbitmq: RabbitMQ | None = None
+        self.weights = fault_weights(args.broker, args.kinds)
         self.workers: list[Worker] = []
         self.memory_worker: Worker | None = None
         self.all_workers: list[Worker] = []
@@ -109,7 +123,10 @@ class Chaos:
     def start_servers(self) -> None:
         self.pg = Postgres(self.dir / "pg").start()
         self.database_url = self.pg.create_database("chaos")
-        self.redis = Redis(self.dir / "redis").start(persist=True)
+        if self.args.broker == "rabbitmq":
+            self.rabbitmq = RabbitMQ(self.dir / "rabbitmq").start()
+        else:
+            self.redis = Redis(self.dir / "redis").start(persist=True)
         self.engine = create_engine(self.database_url, pool_pre_ping=True, pool_size=2)
         from durable import DurableClient, Settings
         from durable.database import Database
@@ -120,11 +137,17 @@ class Chaos:
         metadata.create_all(self.engine)
         self.client = DurableClient(settings=Settings(
             home=str(self.dir / "home"), database_url=self.database_url,
-            broker_url=self.redis.url, redelivery_seconds=self.args.redelivery,
+            broker_url=self.broker_url, redelivery_seconds=self.args.redelivery,
         ))
 
+    @property
+    def broker_url(self) -> str:
+        server = self.rabbitmq or self.redis
+        assert server is not None
+        return server.url
+
     def worker_env(self, **extra: str) -> dict[str, str]:
-        backend = Backend("chaos", self.database_url, self.redis.url, self.dir / "home")
+        backend = Backend("chaos", self.database_url, self.broker_url, self.dir / "home")
         return backend.env(
             self.dir / "effects",
             DURABLE_IMPORTS="tests.chaos.workflows",
@@ -241,9 +264,9 @@ class Chaos:
 
     def schedule(self) -> list[tuple[float, str]]:
         rng = self.fault_rng
-        count = max(self.args.faults, len(REQUIRED))
-        kinds = list(REQUIRED)
-        population, weights = zip(*FAULT_WEIGHTS.items())
+        count = max(self.args.faults, len(self.weights))
+        kinds = list(self.weights)
+        population, weights = zip(*self.weights.items())
         kinds += rng.choices(population, weights, k=count - len(kinds))
         rng.shuffle(kinds)
         window = self.args.seconds - 2.0
@@ -342,6 +365,15 @@ class Chaos:
             time.sleep(down_s)
             self.redis.start(persist=True)
             return f"redis SIGKILL, {'data wiped, ' if lose else 'AOF kept, '}down {down_s:.1f}s"
+        if kind in ("rabbitmq_restart", "rabbitmq_lose_data"):
+            lose = kind == "rabbitmq_lose_data"
+            self.rabbitmq.stop(hard=True, keep_epmd=True)
+            if lose:  # its queues and their messages
+                shutil.rmtree(self.rabbitmq.directory / "mnesia", ignore_errors=True)
+            down_s = 0.5 + rng.random() * 2
+            time.sleep(down_s)
+            self.rabbitmq.start()
+            return f"rabbitmq SIGKILL, {'data wiped, ' if lose else 'durable queues kept, '}down {down_s:.1f}s + its start"
         if kind in ("pg_restart_fast", "pg_restart_immediate"):
             mode = "fast" if kind.endswith("fast") else "immediate"
             self.pg.stop(mode=mode)
@@ -633,6 +665,8 @@ class Chaos:
             self.engine.dispose()
         if self.redis is not None:
             self.redis.stop()
+        if self.rabbitmq is not None:
+            self.rabbitmq.stop()
         if self.pg is not None:
             self.pg.stop()
         if self.cgroup is not None:
@@ -686,13 +720,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--redelivery", type=float, default=3.0, help="DURABLE_REDELIVERY_SECONDS")
     p.add_argument("--memory-limit-mb", type=int, default=300, help="memory cgroup limit of the memory worker")
     p.add_argument("--drain-timeout", type=float, default=240)
+    p.add_argument("--broker", choices=("redis", "rabbitmq"), default="redis")
+    p.add_argument("--kinds", default=None, help="only these fault kinds (comma-separated); default: all")
     p.add_argument("--dir", default=None, help="run directory (kept); default: a temporary one, removed")
     p.add_argument("--keep", action="store_true", help="keep the temporary run directory")
     args = p.parse_args(argv)
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1, 10**6)
     if args.faults is None:
-        args.faults = max(len(REQUIRED), int(args.seconds / 5))
+        args.faults = max(len(fault_weights(args.broker, args.kinds)), int(args.seconds / 5))
     return args
 
 
