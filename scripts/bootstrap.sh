@@ -1,5 +1,5 @@
 # Sourced by scripts/demo and scripts/test: a virtualenv with durable
-# installed, and (for tests) Postgres, Redis, RabbitMQ and libfaketime from Debian packages.
+# installed, and (for tests) Postgres, Redis, RabbitMQ, libfaketime and Chromium from Debian packages.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +29,9 @@ ensure_servers() {
     [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || missing+=(rabbitmq-server)
     # a worker whose clock runs ahead (tests/test_leases.py)
     compgen -G "/usr/lib/*/faketime/libfaketime.so.1" >/dev/null || missing+=(libfaketime)
+    # the dashboard's browser test (tests/test_dashboard_browser.py): headless Chromium and its driver
+    [ -x /usr/bin/chromium ] || missing+=(chromium)
+    [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
     if [ "${#missing[@]}" -gt 0 ]; then
         echo "Installing ${missing[*]} from Debian packages ..." >&2
         as_root apt-get update -qq >&2

@@ -224,7 +224,7 @@ def _timeline(w: WorkflowStatus, steps: list[StepInfo], children: dict[str, Work
         if s.error:
             outcome = f"{s.error.type}: {s.error.message}"
         else:
-            outcome = _pretty(s.output) if s.output is not None else ""
+            outcome = json.dumps(s.output, default=str, ensure_ascii=False) if s.output is not None else ""
         failed_attempts = len(s.attempt_errors or [])
         retries = max(s.attempts - 1, 0) if s.status is not StepStatus.RETRYING else failed_attempts
         views.append(StepView(
