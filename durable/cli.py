@@ -315,7 +315,10 @@ def trigger_schedule(name: str, as_json: bool) -> None:
 @click.option("--prefix", default="", help="serve under this path, e.g. /durable")
 def dashboard(host: str, port: int, prefix: str) -> None:
     """Serve the dashboard (see docs/operations.md for its authentication)."""
-    from .dashboard import serve  # starlette and uvicorn: loaded for this command alone
+    try:
+        from .dashboard import serve  # starlette and uvicorn: loaded for this command alone
+    except ImportError as exc:
+        raise ValueError(f"the dashboard needs the dashboard extra (pip install 'durable[dashboard]'): {exc}") from None
 
     serve(_client(), host=host, port=port, prefix=prefix)
 
