@@ -529,32 +529,21 @@ class Durable(Management):
         return breaker
 
     def list_breakers(self) -> list[dict[str, Any]]:
-        return [
-            dict(name=r["name"], state=r["state"], open_until=datetime_from_ms(r["open_until_ms"]),
-                 failure_threshold=r["failure_threshold"], window_seconds=r["window_ms"] / 1000,
-                 reset_timeout_seconds=r["reset_timeout_ms"] / 1000)
-            for r in self.store.list_breakers()
-        ]
+        return self._flow_admin().list_breakers()
 
     def open_breaker(self, name: str, seconds: float | None = None) -> None:
         """Open a breaker by hand (for `seconds`, default its reset timeout)."""
-        self._steer_breaker(name, "open", seconds)
+        self._declared_breaker(name)
+        self._flow_admin().steer_breaker(name, "open", seconds)
 
     def close_breaker(self, name: str) -> None:
-        self._steer_breaker(name, "closed", None)
+        self._declared_breaker(name)
+        self._flow_admin().steer_breaker(name, "closed")
 
-    def _steer_breaker(self, name: str, state: str, seconds: float | None) -> None:
-        known = {r["name"]: r for r in self.store.list_breakers()}
-        if name not in known and name in self.breakers:
+    def _declared_breaker(self, name: str) -> None:
+        """A breaker declared here but not written yet (no worker started): write it."""
+        if name in self.breakers and name not in {r["name"] for r in self.store.list_breakers()}:
             self.store.upsert_breaker(self.breakers[name], self.clock.now_ms())
-            known = {r["name"]: r for r in self.store.list_breakers()}
-        if name not in known:
-            raise ValueError(f"no circuit breaker named {name!r}")
-        until = None
-        if state == "open":
-            length_ms = known[name]["reset_timeout_ms"] if seconds is None else int(seconds * 1000)
-            until = self.clock.now_ms() + length_ms
-        self.store.set_breaker(name, state, until, self.clock.now_ms())
 
     def list_queues(self) -> list[dict[str, Any]]:
         return self._flow_admin().list_queues()

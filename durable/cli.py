@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import sys
+import time
 from typing import Any, Callable, Sequence, TypeVar
 
 import click
@@ -20,6 +21,7 @@ from .client import DurableClient
 from .database import APP_TABLES, Database
 from .errors import DurableError
 from .records import Status
+from .settings import parse_duration
 from .workflow_admin import WorkflowFilter, parse_instant, retry_failed, search, to_json
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -306,6 +308,77 @@ def trigger_schedule(name: str, as_json: bool) -> None:
         _emit_json({"workflow_id": workflow_id})
     else:
         click.echo(workflow_id)
+
+
+@cli.group()
+def breakers() -> None:
+    """Circuit breakers: list, open, close."""
+
+
+@breakers.command("list")
+@json_option
+def list_breakers(as_json: bool) -> None:
+    rows = _flow_admin().list_breakers()
+    if as_json:
+        _emit_json(rows)
+    else:
+        _table(rows, ["name", "state", "open_until", "failure_threshold", "window_seconds", "reset_timeout_seconds"])
+
+
+@breakers.command("open")
+@click.argument("name")
+@click.option("--seconds", type=float, help="how long (default: the breaker's reset timeout)")
+@json_option
+def open_breaker(name: str, seconds: float | None, as_json: bool) -> None:
+    _flow_admin().steer_breaker(name, "open", seconds)
+    if as_json:
+        _emit_json({"opened": name})
+    else:
+        click.echo(f"opened {name}")
+
+
+@breakers.command("close")
+@click.argument("name")
+@json_option
+def close_breaker(name: str, as_json: bool) -> None:
+    _flow_admin().steer_breaker(name, "closed")
+    if as_json:
+        _emit_json({"closed": name})
+    else:
+        click.echo(f"closed {name}")
+
+
+@cli.command()
+@click.option("--older-than", required=True, metavar="DURATION", help="e.g. 7d, 12h: ended at least this long ago")
+@click.option("--status", "statuses", type=click.Choice([s.value for s in Status if s.is_terminal]), multiple=True,
+              help="only these ended statuses (repeat for several)")
+@json_option
+def gc(older_than: str, statuses: tuple[str, ...], as_json: bool) -> None:
+    """Delete ended workflows (with their steps, messages, events and
+    transaction outputs) in small batches; running ones are never touched."""
+    deleted = _flow_admin().gc(parse_duration(older_than, "--older-than"), list(statuses) or None)
+    if as_json:
+        _emit_json({"deleted": deleted})
+    else:
+        click.echo(f"deleted {deleted} workflow(s)")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=9808, show_default=True)
+def metrics(host: str, port: int) -> None:
+    """Serve Prometheus metrics on /metrics: the workers' counts on this
+    host (PROMETHEUS_MULTIPROC_DIR) and the queue gauges from the database."""
+    from .metrics import serve  # prometheus_client: loaded for this command alone
+
+    client = _client()
+    serve(port, host, client.store, client.clock)
+    click.echo(f"serving metrics on http://{host}:{port}/metrics")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 @cli.command()

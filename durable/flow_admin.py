@@ -1,5 +1,6 @@
-"""Queues and schedules as an operator sees and steers them (the
-management API on `Durable`, and `durable queues` / `durable schedules`)."""
+"""Queues, schedules, circuit breakers and retention as an operator sees
+and steers them (the management API on `Durable`, and `durable queues`,
+`durable schedules`, `durable breakers`, `durable gc`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from typing import Any
 
 from .clock import Clock
 from .dispatch import Dispatcher
-from .records import datetime_from_ms
+from .records import TERMINAL_STATUSES, datetime_from_ms
 from .recovery import tick_row
+from .retention import collect_garbage, separate_app_database
 from .schedules import Schedule
 from .settings import Settings
 from .starting import start_workflow
@@ -55,6 +57,37 @@ class FlowAdmin:
         now = self.clock.now_ms()
         return start_workflow(self.store, self.dispatcher, tick_row(self.settings, schedule, now, now),
                               clock=self.clock)
+
+    def list_breakers(self) -> list[dict[str, Any]]:
+        return [
+            dict(name=r["name"], state=r["state"], open_until=datetime_from_ms(r["open_until_ms"]),
+                 failure_threshold=r["failure_threshold"], window_seconds=r["window_ms"] / 1000,
+                 reset_timeout_seconds=r["reset_timeout_ms"] / 1000)
+            for r in self.store.list_breakers()
+        ]
+
+    def steer_breaker(self, name: str, state: str, seconds: float | None = None) -> None:
+        """Open a breaker (for `seconds`, default its reset timeout) or close it."""
+        known = {r["name"]: r for r in self.store.list_breakers()}
+        if name not in known:
+            raise ValueError(f"no circuit breaker named {name!r} (breakers are written at worker start)")
+        if seconds is not None and not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds!r}")
+        until = None
+        if state == "open":
+            length_ms = known[name]["reset_timeout_ms"] if seconds is None else int(seconds * 1000)
+            until = self.clock.now_ms() + length_ms
+        self.store.set_breaker(name, state, until, self.clock.now_ms())
+
+    def gc(self, older_than_seconds: float, statuses: list[str] | None = None) -> int:
+        """Delete ended workflows older than this (see retention.py)."""
+        if not older_than_seconds > 0:
+            raise ValueError(f"older_than must be > 0, got {older_than_seconds!r}")
+        for status in statuses or ():
+            if status not in TERMINAL_STATUSES:
+                raise ValueError(f"status must be one of the ended statuses {TERMINAL_STATUSES}, got {status!r}")
+        cutoff = self.clock.now_ms() - int(older_than_seconds * 1000)
+        return collect_garbage(self.store, separate_app_database(self.settings), cutoff, statuses)
 
     def _known(self, name: str) -> dict[str, Any]:
         for row in self.store.list_schedules():

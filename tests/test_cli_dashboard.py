@@ -328,3 +328,24 @@ def test_json_everywhere_filters_and_bulk_retry(tmp_path: Path) -> None:
     assert "refusing to serve the dashboard on 0.0.0.0 without authentication" in refused
     assert len(refused.strip().splitlines()) == 1
     client.store.db.dispose()
+
+
+@pytest.mark.parametrize("env", ["sqlite"], indirect=True)  # a subprocess each: few of them
+def test_breakers_and_gc_from_the_command_line(env: Env) -> None:
+    import time
+
+    from durable.breakers import CircuitBreaker
+
+    env.client.store.db.migrate()
+    env.client.store.upsert_breaker(CircuitBreaker("payments-api", 3, 60_000, 30_000), 0)
+    ok(env.run("breakers", "open", "payments-api", "--seconds", "600"))
+    [row] = json.loads(ok(env.run("breakers", "list", "--json")))
+    assert (row["name"], row["state"]) == ("payments-api", "open")
+
+    done = env.client.enqueue("old", allow_unknown=True, workflow_id="gc-me").workflow_id
+    env.client.cancel(done)  # ended: CANCELLED
+    running = env.client.enqueue("young", allow_unknown=True, workflow_id="keep-me").workflow_id
+    time.sleep(1.1)
+    assert json.loads(ok(env.run("gc", "--older-than", "1s", "--json"))) == {"deleted": 1}
+    assert env.client.get(running).status is Status.ENQUEUED
+    assert "older-than" in fails_cleanly(env.run("gc", "--older-than", "soon"))
