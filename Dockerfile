@@ -12,7 +12,7 @@ WORKDIR /app
 # Dependencies first, so code changes do not reinstall them.
 COPY pyproject.toml README.md ./
 COPY durable/ durable/
-RUN pip install ".[flower]"
+RUN pip install ".[flower,dashboard]"
 
 # workers/, config/ and examples/ are imported from /app (PYTHONPATH).
 COPY config/ config/
