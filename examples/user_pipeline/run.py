@@ -110,7 +110,10 @@ class Chaos(threading.Thread):
                 return
             victim = self.rng.choice(self.pool)
             if self.rng.random() < 0.7:
-                pids = victim.children()
+                # a worker restarted a moment ago has no pool children yet:
+                # strike one that has, so a slow machine sees the chaos too
+                forked = [w for w in self.pool if w.children()]
+                pids = self.rng.choice(forked).children() if forked else []
                 if pids:
                     os.kill(self.rng.choice(pids), signal.SIGKILL)  # the master forks a new one
                     self.children_killed += 1
