@@ -113,7 +113,9 @@ class BoundStart(Generic[R]):
         )
         self.workflow.parameters.check(args, kwargs)  # WorkflowInputError naming the parameter
         if execution is not None:
-            return WorkflowHandle(execution.start_child(row, self.workflow.name), durable)
+            return WorkflowHandle(
+                execution.start_child(row, self.workflow.name, on_duplicate=self.opts.on_duplicate), durable
+            )
         workflow_id = start_workflow(
             durable.store, durable.dispatcher, row, self.opts.on_duplicate, durable.clock,
             debounce=self.opts.debounce is not None,

@@ -158,3 +158,17 @@ def test_return_existing_gives_the_holders_handle(cluster: Cluster, no_waiting: 
     assert handle.result(timeout=5) == (holder_id, "the holder's result")
     steps = cluster.steps(handle.workflow_id)
     assert steps[0].name == "start:holder" and steps[0].child_workflow_id == holder_id
+
+
+def test_return_existing_through_the_public_options(cluster: Cluster, no_waiting: None) -> None:
+    dur = cluster.dur
+    holder_id = _holder(cluster)
+    holder = dur.registry["holder"]
+
+    @dur.workflow(name="parent_returning_existing")
+    def parent() -> str:
+        return holder.options(dedup_key="k", on_duplicate="return_existing").start().workflow_id
+
+    handle = parent.start()
+    cluster.drive()
+    assert handle.result(timeout=0) == holder_id
