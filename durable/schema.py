@@ -27,6 +27,7 @@ from sqlalchemy.schema import DDL
 metadata = MetaData()
 
 ACTIVE_SQL = "status IN ('ENQUEUED', 'PENDING')"
+HELD_SQL = "status = 'ENQUEUED' AND redispatch_at_ms IS NULL AND lease_owner IS NULL"
 
 workflows = Table(
     "durable_workflows",
@@ -92,6 +93,15 @@ workflows = Table(
         sqlite_where=text(ACTIVE_SQL),
     ),
     Index("ix_durable_workflows_queue_started", "queue", "started_at_ms"),
+    # a limited queue's held-back workflows, in the order a freed slot takes them
+    Index(
+        "ix_durable_workflows_queue_held",
+        "queue",
+        "priority",
+        "created_at_ms",
+        postgresql_where=text(HELD_SQL),
+        sqlite_where=text(HELD_SQL),
+    ),
     # retention: the oldest ended root workflows first
     Index(
         "ix_durable_workflows_ended_roots",

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import BigInteger, bindparam, func, select, update
 
 from ..limits import QueueLimits
 from ..records import Status
 from ..schema import queues, workflows
 from .base import W
 from .execution import Claim, ExecutionSql
+from .prebuilt import Prebuilt
 
 Q = queues.c
 
@@ -28,6 +29,35 @@ NOT_GATED = "not_gated"  # not a first start: the ordinary claim applies
 
 
 class FlowSql(ExecutionSql):
+    def __init__(self, database: Any):
+        super().__init__(database)
+        running = (
+            select(func.count()).where(W.queue == bindparam("queue"), W.status == Status.PENDING.value)
+            .scalar_subquery()
+        )
+        self._lock_queue_stmt = Prebuilt(
+            database, select(queues).where(Q.name == bindparam("queue")).with_for_update()
+        )
+        here = workflows.alias("here")
+        in_queue = (W.queue == bindparam("queue"), W.status == Status.PENDING.value)
+        self._gated_row_stmt = Prebuilt(database, select(
+            here.c.status, here.c.queue, here.c.partition_key, here.c.start_at_ms, here.c.lease_owner,
+            here.c.priority,
+            select(func.count()).where(*in_queue).scalar_subquery().label("running"),
+            select(func.count()).where(*in_queue, W.partition_key == here.c.partition_key)
+            .scalar_subquery().label("running_in_partition"),
+        ).where(here.c.workflow_id == bindparam("wid")))
+        self._held_stmt = Prebuilt(database, (
+            select(W.workflow_id, W.name, W.queue, W.priority, running.label("running"))
+            .where(
+                W.queue == bindparam("queue"), W.status == Status.ENQUEUED.value, W.lease_owner.is_(None),
+                W.redispatch_at_ms.is_(None),
+                (W.start_at_ms.is_(None)) | (W.start_at_ms <= bindparam("now", type_=BigInteger)),
+            )
+            .order_by(W.priority.desc(), W.created_at_ms)
+            .limit(100)
+        ))
+
     def upsert_queue(self, limits: QueueLimits, now_ms: int) -> None:
         values = dict(
             concurrency=limits.concurrency, partition_concurrency=limits.partition_concurrency,
@@ -54,13 +84,10 @@ class FlowSql(ExecutionSql):
         NOT_GATED (it already started, or is not on this queue), or None (it
         ended, or is not there)."""
         with self.db.begin() as conn:
-            limits_row = conn.execute(
-                select(queues).where(Q.name == queue).with_for_update()
-            ).mappings().first()
-            row = conn.execute(
-                select(W.status, W.queue, W.partition_key, W.start_at_ms, W.lease_owner, W.priority)
-                .where(W.workflow_id == workflow_id)
-            ).mappings().first()
+            limits_row = self._lock_queue_stmt.first(dict(queue=queue), conn)
+            # read after the lock (a statement of its own, so its snapshot sees
+            # every start the lock made us wait for), with the running counts
+            row = self._gated_row_stmt.first(dict(queue=queue, wid=workflow_id), conn)
             if row is None:
                 return None
             if limits_row is None or row["status"] != Status.ENQUEUED.value or row["queue"] != queue:
@@ -94,9 +121,8 @@ class FlowSql(ExecutionSql):
     def _gate(self, conn: Any, limits: QueueLimits, row: Any, now_ms: int) -> int | None | bool:
         """False: it may start. Otherwise when to look again: None (when a
         slot frees) or the instant a start leaves the rate window."""
-        running_here = (W.queue == limits.name, W.status == Status.PENDING.value)
         if limits.concurrency is not None:
-            running = conn.execute(select(func.count()).where(*running_here)).scalar_one()
+            running = row["running"]
             if running >= limits.concurrency:
                 return None
             if limits.priority:
@@ -109,10 +135,7 @@ class FlowSql(ExecutionSql):
                 if ahead >= limits.concurrency - running:
                     return None
         if limits.partition_concurrency is not None and row["partition_key"] is not None:
-            running = conn.execute(select(func.count()).where(
-                *running_here, W.partition_key == row["partition_key"]
-            )).scalar_one()
-            if running >= limits.partition_concurrency:
+            if row["running_in_partition"] >= limits.partition_concurrency:
                 return None
         rate = limits.rate
         if rate is not None:
@@ -143,25 +166,14 @@ class FlowSql(ExecutionSql):
 
     def held_to_wake(self, queue: str, limits: QueueLimits, now_ms: int) -> list[dict[str, Any]]:
         """Workflows of a limited queue held back for a slot, as many as there
-        are free slots, highest priority first, then the oldest. Looks for
-        held ones first: usually there are none, and that is one indexed read."""
-        with self.db.begin() as conn:
-            rows = conn.execute(
-                select(W.workflow_id, W.name, W.queue, W.priority)
-                .where(
-                    W.queue == queue, W.status == Status.ENQUEUED.value, W.lease_owner.is_(None),
-                    W.redispatch_at_ms.is_(None),
-                    (W.start_at_ms.is_(None)) | (W.start_at_ms <= now_ms),
-                )
-                .order_by(W.priority.desc(), W.created_at_ms)
-                .limit(100)
-            ).mappings().all()
-            if not rows or limits.concurrency is None:
-                return [dict(r) for r in rows]
-            running = conn.execute(select(func.count()).where(
-                W.queue == queue, W.status == Status.PENDING.value
-            )).scalar_one()
-        return [dict(r) for r in rows[: max(0, limits.concurrency - running)]]
+        are free slots, highest priority first, then the oldest. One
+        statement on the execution's own connection: it runs at the end of
+        every workflow of the queue, and usually finds none."""
+        rows = self._held_stmt.all(dict(queue=queue, now=now_ms))
+        if not rows or limits.concurrency is None:
+            return rows
+        free = max(0, limits.concurrency - int(rows[0]["running"]))
+        return rows[:free]
 
     def oldest_enqueued(self) -> dict[str, int]:
         """Per queue, when its oldest enqueued (not started) workflow was created."""

@@ -14,6 +14,7 @@ branch_labels = None
 depends_on = None
 
 ACTIVE = "status IN ('ENQUEUED', 'PENDING')"
+HELD = "status = 'ENQUEUED' AND redispatch_at_ms IS NULL AND lease_owner IS NULL"
 
 
 def upgrade() -> None:
@@ -25,6 +26,10 @@ def upgrade() -> None:
         postgresql_where=sa.text(ACTIVE), sqlite_where=sa.text(ACTIVE),
     )
     op.create_index("ix_durable_workflows_queue_started", "durable_workflows", ["queue", "started_at_ms"])
+    op.create_index(
+        "ix_durable_workflows_queue_held", "durable_workflows", ["queue", "priority", "created_at_ms"],
+        postgresql_where=sa.text(HELD), sqlite_where=sa.text(HELD),
+    )
     op.create_index(
         "ix_durable_workflows_ended_roots", "durable_workflows", ["completed_at_ms"],
         postgresql_where=sa.text("parent_workflow_id IS NULL"),
@@ -58,6 +63,7 @@ def downgrade() -> None:
     op.drop_table("durable_schedules")
     op.drop_table("durable_queues")
     op.drop_index("ix_durable_workflows_ended_roots", "durable_workflows")
+    op.drop_index("ix_durable_workflows_queue_held", "durable_workflows")
     op.drop_index("ix_durable_workflows_queue_started", "durable_workflows")
     op.drop_index("ix_durable_workflows_queue_active", "durable_workflows")
     with op.batch_alter_table("durable_workflows") as batch:
