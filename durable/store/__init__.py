@@ -1,5 +1,5 @@
 """All SQL durable runs against its own tables, one module per concern:
-the execution path (claim, lease, checkpoints, end), moving a workflow to
+the execution path (claim, checkpoints, end), leases, moving a workflow to
 another queue, the sweeper's queries, management (status, cancel, resume,
 fork), and messages and events."""
 
@@ -9,6 +9,7 @@ from .base import DedupConflict, StartResult
 from .breakers import BreakerSql
 from .execution import Claim, ExecutionSql, crash_text
 from .flow import HELD, NOT_GATED, FlowSql
+from .leases import LeaseSql
 from .management import ManagementSql
 from .messages import Doorbell, MessagesSql
 from .rerouting import ReroutingSql
@@ -20,8 +21,8 @@ __all__ = ["HELD", "NOT_GATED", "Claim", "DedupConflict", "Doorbell", "StartResu
 
 
 class Store(
-    ReroutingSql, FlowSql, ExecutionSql, SweepSql, RetentionSql, ManagementSql, MessagesSql, ScheduleSql,
-    BreakerSql,
+    ReroutingSql, FlowSql, ExecutionSql, LeaseSql, SweepSql, RetentionSql, ManagementSql, MessagesSql,
+    ScheduleSql, BreakerSql,
 ):
     """The system database, as the engine, the sweeper and the client use it.
 
