@@ -8,7 +8,7 @@ import inspect
 import logging
 import weakref
 from dataclasses import replace
-from typing import Any, Callable, Generic, Sequence, TypeVar, overload
+from typing import Any, Callable, Generic, TypeVar, overload
 
 from celery import Celery
 from celery.canvas import chain as celery_chain, chord as celery_chord, group as celery_group
@@ -23,16 +23,14 @@ from .database import Database
 from .dispatch import TASK_PREFIX, CeleryDispatcher, Dispatcher, configure_app
 from .dispatched_steps import Dispatched, StepAsWorkflow, TaskStep, step_workflow_name, task_workflow_name
 from .engine import Collaborators
+from .flow_admin import OperatorCalls
 from .inputs import Parameters
-from .flow_admin import FlowAdmin
 from .limits import QueueLimits
 from .messaging import Messaging
 from .retry import RetryPolicy
-from .records import TERMINAL_STATUSES, datetime_from_ms
-from .retention import collect_garbage
 from .runner import Runner
 from .schedules import Schedule, seconds_to_ms
-from .settings import Settings, parse_duration
+from .settings import Settings
 from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import Store
 from .store.db_clock import database_clock
@@ -194,7 +192,7 @@ class Registry(dict[str, Any]):
         return default if found is None else found
 
 
-class Durable(Management):
+class Durable(OperatorCalls, Management):
     """Durable workflows on a Celery app.
 
     `Durable()` with no arguments reads DURABLE_* from the environment and,
@@ -530,55 +528,9 @@ class Durable(Management):
         self.breakers[name] = breaker
         return breaker
 
-    def list_breakers(self) -> list[dict[str, Any]]:
-        return self._flow_admin().list_breakers()
-
-    def open_breaker(self, name: str, seconds: float | None = None) -> None:
-        """Open a breaker by hand (for `seconds`, default its reset timeout)."""
-        self._declared_breaker(name)
-        self._flow_admin().steer_breaker(name, "open", seconds)
-
-    def close_breaker(self, name: str) -> None:
-        self._declared_breaker(name)
-        self._flow_admin().steer_breaker(name, "closed")
-
-    def _declared_breaker(self, name: str) -> None:
-        """A breaker declared here but not written yet (no worker started): write it."""
-        if name in self.breakers and name not in {r["name"] for r in self.store.list_breakers()}:
-            self.store.upsert_breaker(self.breakers[name], self.clock.now_ms())
-
-    def list_queues(self) -> list[dict[str, Any]]:
-        return self._flow_admin().list_queues()
-
-    def list_schedules(self) -> list[dict[str, Any]]:
-        return self._flow_admin().list_schedules()
-
-    def pause_schedule(self, name: str) -> None:
-        self._flow_admin().pause_schedule(name)
-
-    def resume_schedule(self, name: str) -> None:
-        self._flow_admin().resume_schedule(name)
-
     def trigger_schedule(self, name: str) -> WorkflowHandle:
+        """Run a schedule's tick now (its ID: the schedule's name and this instant)."""
         return WorkflowHandle(self._flow_admin().trigger_schedule(name), self)
-
-    def gc(self, older_than: float | str, status: str | Sequence[str] | None = None) -> int:
-        """Delete ended workflows that ended more than `older_than` ago
-        (seconds, or a duration such as "7d"), with their steps, messages,
-        events and transaction outputs; only those of `status` if given. A
-        tree with a running workflow is kept whole. Returns how many went."""
-        seconds = parse_duration(older_than, "older_than") if isinstance(older_than, str) else float(older_than)
-        if not seconds > 0:
-            raise ValueError(f"older_than must be > 0, got {older_than!r}")
-        statuses = [status] if isinstance(status, str) else list(status) if status is not None else None
-        for one in statuses or ():
-            if one not in TERMINAL_STATUSES:
-                raise ValueError(f"status must be one of the ended statuses {TERMINAL_STATUSES}, got {one!r}")
-        app_db = self.transactions.app_db if self.transactions.separate else None
-        return collect_garbage(self.store, app_db, self.clock.now_ms() - int(seconds * 1000), statuses)
-
-    def _flow_admin(self) -> FlowAdmin:
-        return FlowAdmin(self.store, self.dispatcher, self.settings, self.clock)
 
     # --- existing Celery canvases, made durable ---------------------------------
 

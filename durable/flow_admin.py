@@ -4,15 +4,16 @@ and steers them (the management API on `Durable`, and `durable queues`,
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+from .breakers import CircuitBreaker
 from .clock import Clock
 from .dispatch import Dispatcher
 from .records import TERMINAL_STATUSES, datetime_from_ms
 from .recovery import tick_row
 from .retention import collect_garbage, separate_app_database
 from .schedules import Schedule
-from .settings import Settings
+from .settings import Settings, parse_duration
 from .starting import start_workflow
 from .store import Store
 
@@ -94,3 +95,55 @@ class FlowAdmin:
             if row["name"] == name:
                 return row
         raise ValueError(f"no schedule named {name!r} (schedules are written at worker start)")
+
+
+class OperatorCalls:
+    """The operator's calls on `Durable` (queues, schedules, breakers,
+    retention), over a FlowAdmin."""
+
+    store: Store
+    dispatcher: Dispatcher
+    settings: Settings
+    clock: Clock
+    breakers: dict[str, CircuitBreaker]
+
+    def list_queues(self) -> list[dict[str, Any]]:
+        return self._flow_admin().list_queues()
+
+    def list_schedules(self) -> list[dict[str, Any]]:
+        return self._flow_admin().list_schedules()
+
+    def pause_schedule(self, name: str) -> None:
+        self._flow_admin().pause_schedule(name)
+
+    def resume_schedule(self, name: str) -> None:
+        self._flow_admin().resume_schedule(name)
+
+    def list_breakers(self) -> list[dict[str, Any]]:
+        return self._flow_admin().list_breakers()
+
+    def open_breaker(self, name: str, seconds: float | None = None) -> None:
+        """Open a breaker by hand (for `seconds`, default its reset timeout)."""
+        self._declared_breaker(name)
+        self._flow_admin().steer_breaker(name, "open", seconds)
+
+    def close_breaker(self, name: str) -> None:
+        self._declared_breaker(name)
+        self._flow_admin().steer_breaker(name, "closed")
+
+    def gc(self, older_than: float | str, status: str | Sequence[str] | None = None) -> int:
+        """Delete ended workflows that ended more than `older_than` ago
+        (seconds, or a duration such as "7d"), with their steps, messages,
+        events and transaction outputs; only those of `status` if given. A
+        tree with a running workflow is kept whole. Returns how many went."""
+        seconds = parse_duration(older_than, "older_than") if isinstance(older_than, str) else float(older_than)
+        statuses = [status] if isinstance(status, str) else list(status) if status is not None else None
+        return self._flow_admin().gc(seconds, statuses)
+
+    def _declared_breaker(self, name: str) -> None:
+        """A breaker declared here but not written yet (no worker started): write it."""
+        if name in self.breakers and name not in {r["name"] for r in self.store.list_breakers()}:
+            self.store.upsert_breaker(self.breakers[name], self.clock.now_ms())
+
+    def _flow_admin(self) -> FlowAdmin:
+        return FlowAdmin(self.store, self.dispatcher, self.settings, self.clock)
