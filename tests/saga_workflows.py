@@ -9,6 +9,7 @@ import os
 import time
 
 import durable
+from durable.errors import CircuitOpenError, MaxStepRetriesExceededError
 from tests.workflows import effects_dir
 from workers.app import dur
 
@@ -82,3 +83,60 @@ def call_payments(key: str, order_id: str) -> str:
 @dur.workflow(name="saga.pay")
 def pay(key: str, order_id: str) -> str:
     return call_payments(key, order_id)
+
+
+# --- the payment example of docs/sagas-and-breakers.md ----------------------------
+
+dur.circuit_breaker("example-primary-psp", failure_threshold=2, window=60, reset_timeout=30)
+
+
+@dur.step(name="example.release_stock")
+def example_release_stock(reservation: str, order_id: str) -> None:
+    note(order_id, "release")
+
+
+@dur.step(name="example.reserve_stock", compensate=example_release_stock)
+def example_reserve_stock(order_id: str) -> str:
+    note(order_id, "reserve")
+    return f"res-{order_id}"
+
+
+@dur.step(name="example.refund")
+def example_refund(receipt: str, order_id: str, total: float) -> None:
+    note(order_id, f"refund:{receipt}")
+
+
+@dur.step(name="example.charge_primary", circuit="example-primary-psp", retries=1, interval=0.1,
+          dont_retry_on=(CircuitOpenError,),  # breaker open: go to the fallback now, not after the reset
+          compensate=example_refund)
+def example_charge_primary(order_id: str, total: float) -> str:
+    note(order_id, "charge_primary")
+    raise ConnectionError("primary provider down")
+
+
+@dur.step(name="example.charge_fallback", compensate=example_refund)
+def example_charge_fallback(order_id: str, total: float) -> str:
+    note(order_id, "charge_fallback")
+    return f"fallback-{order_id}"
+
+
+@dur.step(name="example.ship")
+def example_ship(order_id: str, deliverable: bool) -> str:
+    note(order_id, "ship")
+    if not deliverable:
+        raise RuntimeError("address not deliverable")
+    return f"parcel-{order_id}"
+
+
+@dur.workflow(name="example.checkout")
+def example_checkout(order_id: str, total: float, deliverable: bool) -> dict:
+    """Reserve, charge with retries behind a breaker and fall back to a
+    second provider, ship; on failure, compensate what was done."""
+    with durable.saga():
+        reservation = example_reserve_stock(order_id)
+        try:
+            receipt = example_charge_primary(order_id, total)
+        except (MaxStepRetriesExceededError, CircuitOpenError):
+            receipt = example_charge_fallback(order_id, total)
+        parcel = example_ship(order_id, deliverable)
+    return {"reservation": reservation, "receipt": receipt, "parcel": parcel}

@@ -65,3 +65,21 @@ def test_a_breaker_shared_by_two_workers(client, start_worker, effects_dir):
     assert probe.result(timeout=60) == "paid probe"  # the one probe went through and closed it
     after = [client.enqueue("saga.pay", args=[key, f"a{i}"]) for i in range(4)]
     assert [h.result(timeout=60) for h in after] == [f"paid a{i}" for i in range(4)]  # closed for both
+
+
+def test_the_payment_example_of_the_docs(client, start_worker):
+    start_worker()
+    shipped = client.enqueue("example.checkout", args=["pay-1", 20.0, True])
+    assert shipped.result(timeout=60) == {
+        "reservation": "res-pay-1", "receipt": "fallback-pay-1", "parcel": "parcel-pay-1"
+    }
+    assert [w for w, _ in calls("pay-1")] == [
+        "reserve", "charge_primary", "charge_primary", "charge_fallback", "ship"
+    ]  # the primary failed twice (its retry), which opened its breaker
+    undone = client.enqueue("example.checkout", args=["pay-2", 5.0, False])
+    with pytest.raises(RuntimeError, match="not deliverable"):
+        undone.result(timeout=60)
+    # the breaker is open: the primary is not called; the fallback's charge is refunded, then the stock released
+    assert [w for w, _ in calls("pay-2")] == [
+        "reserve", "charge_fallback", "ship", "refund:fallback-pay-2", "release"
+    ]
