@@ -73,7 +73,7 @@ class CeleryDispatcher:
                 args=[workflow_id, name],
                 queue=queue,
                 routing_key=queue,
-                priority=priority,
+                priority=broker_priority(self.app.conf.broker_url or "", priority),
                 shadow=display_name(name),
                 argsrepr=f"({workflow_id!r}, {name!r})",
                 retry=True,
@@ -83,6 +83,15 @@ class CeleryDispatcher:
         except Exception as exc:  # noqa: BLE001 - the sweeper redelivers
             logger.warning("could not publish workflow %s (the sweeper will): %s", workflow_id, exc)
             return False
+
+
+def broker_priority(broker_url: str, priority: int) -> int:
+    """The message priority that makes a higher durable `priority` (0-9) go
+    first: RabbitMQ serves the highest number first, kombu's Redis transport
+    the lowest."""
+    if broker_url.split(":", 1)[0] in ("redis", "rediss", "sentinel"):
+        return 9 - priority
+    return priority
 
 
 def publish_if_runnable(store: Store, dispatcher: Dispatcher, workflow_id: str) -> bool:

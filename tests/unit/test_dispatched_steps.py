@@ -209,3 +209,12 @@ def test_dispatch_options_are_checked_where_they_are_given(cluster: Cluster) -> 
 
     with pytest.raises(TypeError, match="dispatched"):
         inline.spawn()
+
+
+def test_a_higher_priority_goes_first_on_either_broker() -> None:
+    from durable.dispatch import broker_priority
+
+    assert broker_priority("amqp://guest@localhost//", 9) == 9  # RabbitMQ: the highest number first
+    assert broker_priority("redis://localhost:6379/0", 9) == 0  # kombu's Redis: the lowest first
+    assert broker_priority("redis://localhost:6379/0", 0) == 9
+    assert broker_priority("filesystem://", 5) == 5
