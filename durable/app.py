@@ -225,6 +225,7 @@ class Durable(OperatorCalls, Management):
             auto_migrate=self.settings.auto_migrate,
             migration_lock_timeout_seconds=self.settings.migration_lock_timeout_seconds,
         ))
+        store.app_version = self.settings.app_version or None  # recorded by each execution's claim
         if clock is SYSTEM_CLOCK:  # a test hands its own clock
             clock = database_clock(store.db)  # leases and timers on the database's clock
         super().__init__(store, dispatcher or CeleryDispatcher(self.celery), self.settings, clock)

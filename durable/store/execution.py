@@ -78,6 +78,9 @@ class ExecutionSql(StoreBase):
         super().__init__(database)
         self._fenced_step_upserts: dict[tuple[frozenset[str], bool], Prebuilt] = {}
         self._claim_unleased_stmt = Prebuilt(database, _build_claim_unleased(database.is_sqlite))
+        # The code version this process runs (DURABLE_APP_VERSION), written
+        # on each workflow an execution of it claims: set by the app.
+        self.app_version: str | None = None
         self._finish_stmt = Prebuilt(database, _build_finish())
         self._finish_then_start: dict[tuple[str, ...], Prebuilt] = {}
         self._suspend_stmts = {
@@ -123,7 +126,7 @@ class ExecutionSql(StoreBase):
         so it is no recovery. One round trip when the workflow has no steps."""
         row = self._claim_unleased_stmt.first(dict(
             wid=workflow_id, owner=owner, now=now_ms, lease_until=now_ms + lease_ms,
-            default_max=default_max_recovery,
+            default_max=default_max_recovery, version=self.app_version,
         ))
         if row is None:
             return None
@@ -189,6 +192,7 @@ class ExecutionSql(StoreBase):
                 redispatch_at_ms=None,
                 updated_at_ms=now_ms,
                 executor=owner,
+                app_version=func.coalesce(self.app_version, W.app_version),
             )
             if quarantine:
                 where = (
@@ -446,6 +450,7 @@ def _build_claim_unleased(is_sqlite: bool) -> ExecutableReturnsRows:
             max_recovery_attempts=func.coalesce(W.max_recovery_attempts, bindparam("default_max")),
             started_at_ms=func.coalesce(W.started_at_ms, bindparam("now")),
             updated_at_ms=bindparam("now"), executor=bindparam("owner"),
+            app_version=func.coalesce(bindparam("version", type_=String), W.app_version),
         )
         .returning(
             W.name, W.lease_epoch, W.recovery_attempts, W.max_recovery_attempts, W.inputs,

@@ -107,7 +107,7 @@ class FlowSql(ExecutionSql):
                 return HELD
             claimed = self._claim_unleased_stmt.first(dict(
                 wid=workflow_id, owner=owner, now=now_ms, lease_until=now_ms + lease_ms,
-                default_max=default_max_recovery,
+                default_max=default_max_recovery, version=self.app_version,
             ), conn)
             if claimed is None:
                 return NOT_GATED

@@ -93,3 +93,22 @@ def test_patched_outside_a_workflow_and_bad_ids() -> None:
     for bad in ("", None, "x" * 201):
         with pytest.raises(ValueError):
             durable.patched(bad)  # type: ignore[arg-type]
+
+
+def test_each_execution_records_the_app_version_it_ran(cluster: Cluster) -> None:
+    dur = cluster.dur
+
+    @dur.workflow(name="versioned")
+    def versioned() -> str:
+        durable.sleep(DAY)
+        return "done"
+
+    dur.store.app_version = "v1"  # as DURABLE_APP_VERSION=v1 sets it
+    handle = versioned.start()
+    cluster.drive()
+    assert handle.status().app_version == "v1"
+    dur.store.app_version = "v2"  # the deploy: new workers
+    cluster.clock.advance(DAY + 1)
+    cluster.sweep()
+    cluster.drive()
+    assert handle.result(timeout=0) == "done" and handle.status().app_version == "v2"
