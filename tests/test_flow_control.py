@@ -141,6 +141,7 @@ def test_a_schedule_ticks_once_each_with_three_workers_and_one_killed(workers, c
     time.sleep(2.5)  # the last tick of the window finishes
     ticks = sorted(float(key) for key, _, _, _ in spans("ticks"))
     window = [t for t in ticks if t0 + 2.5 <= t <= t1 - 0.5]
-    expected = [t for t in range(int(t0 + 2.5) // 2 * 2, int(t1), 2) if t0 + 2.5 <= t <= t1 - 0.5]
+    # every even second in the window (range's end is exclusive: one past t1)
+    expected = [t for t in range(int(t0 + 2.5) // 2 * 2, int(t1) + 1, 2) if t0 + 2.5 <= t <= t1 - 0.5]
     assert window == expected, (ticks, expected)  # no gap, no double
     assert len(ticks) == len(set(ticks))
