@@ -19,13 +19,17 @@ def backend(pg_backend):
     return pg_backend
 
 
-def test_flower_sees_durable_tasks_by_name_and_workflow_id(backend, client, effects_dir, tmp_path):
-    # started like docker-compose's workers: heartbeats on, so the event
-    # dispatcher is up (sending worker events only) and can be told to send task events
-    worker = Worker(backend.env(effects_dir), tmp_path / "worker.log")
+def _worker_with_heartbeats(backend, effects_dir, tmp_path, queues: str) -> Worker:
+    """Started like docker-compose's workers: heartbeats on, so the event
+    dispatcher is up (sending worker events only) and can be told to send task events."""
+    worker = Worker(backend.env(effects_dir), tmp_path / "worker.log", queues=queues)
     worker.args = [a for a in worker.args if a not in ("--without-heartbeat", "--without-gossip")]
-    worker.start()
-    monitor = Celery("flower-like", broker=backend.broker_url)
+    return worker.start()
+
+
+def _listen(broker_url: str) -> tuple[Celery, list[dict], threading.Event, threading.Thread]:
+    """What Flower does: capture every event, in a thread, until told to stop."""
+    monitor = Celery("flower-like", broker=broker_url)
     seen: list[dict] = []
     stop = threading.Event()
 
@@ -35,13 +39,17 @@ def test_flower_sees_durable_tasks_by_name_and_workflow_id(backend, client, effe
             while not stop.is_set():
                 try:
                     receiver.capture(limit=None, timeout=0.5, wakeup=False)
-                except TimeoutError:
-                    continue
-                except OSError:  # socket.timeout from the idle drain
+                except (TimeoutError, OSError):  # OSError: socket.timeout from the idle drain
                     continue
 
     listener = threading.Thread(target=receive, daemon=True)
     listener.start()
+    return monitor, seen, stop, listener
+
+
+def test_flower_sees_durable_tasks_by_name_and_workflow_id(backend, client, effects_dir, tmp_path):
+    worker = _worker_with_heartbeats(backend, effects_dir, tmp_path, "celery")
+    monitor, seen, stop, listener = _listen(backend.broker_url)
     try:
         # Flower broadcasts enable_events periodically; the first broadcast
         # may come before the worker listens, so do the same until events flow.
@@ -74,24 +82,8 @@ def _uuids(events: list[dict], workflow_id: str) -> set[str]:
 def test_flower_sees_dispatched_steps_by_name_and_failed_executions_as_failed(
     backend, client, effects_dir, tmp_path
 ):
-    worker = Worker(backend.env(effects_dir), tmp_path / "worker.log", queues="celery,heavy")
-    worker.args = [a for a in worker.args if a not in ("--without-heartbeat", "--without-gossip")]
-    worker.start()
-    monitor = Celery("flower-like", broker=backend.broker_url)
-    seen: list[dict] = []
-    stop = threading.Event()
-
-    def receive() -> None:
-        with monitor.connection() as conn:
-            receiver = monitor.events.Receiver(conn, handlers={"*": seen.append})
-            while not stop.is_set():
-                try:
-                    receiver.capture(limit=None, timeout=0.5, wakeup=False)
-                except (TimeoutError, OSError):
-                    continue
-
-    listener = threading.Thread(target=receive, daemon=True)
-    listener.start()
+    worker = _worker_with_heartbeats(backend, effects_dir, tmp_path, "celery,heavy")
+    monitor, seen, stop, listener = _listen(backend.broker_url)
     try:
         def events_flowing() -> bool:
             monitor.control.enable_events()
