@@ -20,6 +20,7 @@ from .client import Management, WorkflowHandle
 from .clock import SYSTEM_CLOCK, Clock
 from .context import in_workflow_code
 from .database import Database
+from .background_publish import BackgroundDispatcher
 from .dispatch import TASK_PREFIX, CeleryDispatcher, Dispatcher, configure_app
 from .dispatched_steps import Dispatched, StepAsWorkflow, TaskStep, step_workflow_name, task_workflow_name
 from .engine import Collaborators
@@ -115,7 +116,7 @@ class BoundStart(Generic[R]):
                 execution.start_child(row, self.workflow.name, on_duplicate=self.opts.on_duplicate), durable
             )
         workflow_id = start_workflow(
-            durable.store, durable.dispatcher, row, self.opts.on_duplicate, durable.clock,
+            durable.store, durable.start_dispatcher, row, self.opts.on_duplicate, durable.clock,
             debounce=self.opts.debounce is not None,
         )
         return WorkflowHandle(workflow_id, durable)
@@ -229,6 +230,8 @@ class Durable(OperatorCalls, Management):
         if clock is SYSTEM_CLOCK:  # a test hands its own clock
             clock = database_clock(store.db)  # leases and timers on the database's clock
         super().__init__(store, dispatcher or CeleryDispatcher(self.celery), self.settings, clock)
+        if dispatcher is None:  # a test's recording dispatcher sees each start's publish at once
+            self.start_dispatcher = BackgroundDispatcher(self.dispatcher)  # start() returns at its commit
         self.registry = Registry(self)
         self.transactions = Transactions(self.settings, store.db, clock)
         collaborators = Collaborators(

@@ -22,6 +22,7 @@ from . import serialization as ser
 from .clock import SYSTEM_CLOCK, Clock
 from .context import current_execution, in_workflow_code
 from .database import Database, retry_while_unavailable
+from .background_publish import BackgroundDispatcher
 from .dispatch import CeleryDispatcher, Dispatcher, configure_app, publish_if_runnable
 from .db_errors import is_transient
 from .errors import (
@@ -247,6 +248,7 @@ class Management:
     def __init__(self, store: Store, dispatcher: Dispatcher, settings: Settings, clock: Clock = SYSTEM_CLOCK):
         self.store = store
         self.dispatcher = dispatcher
+        self.start_dispatcher = dispatcher  # what publishes a start (see background_publish.py)
         self.settings = settings
         self.clock = clock
         self._ended_listener: EndedListener | None = None
@@ -261,7 +263,10 @@ class Management:
 
     def close(self) -> None:
         """Stop waiting for notifications and close the database connections
-        (a web app's shutdown). A later call opens them again."""
+        (a web app's shutdown), once the starts' messages are published. A
+        later call opens them again."""
+        if isinstance(self.start_dispatcher, BackgroundDispatcher):
+            self.start_dispatcher.flush()
         if self._ended_listener is not None:
             self._ended_listener.stop()
             self._ended_listener = None
@@ -446,6 +451,7 @@ class DurableClient(Management):
             migration_lock_timeout_seconds=self.settings.migration_lock_timeout_seconds,
         ))
         super().__init__(store, CeleryDispatcher(celery_app), self.settings, database_clock(store.db))
+        self.start_dispatcher = BackgroundDispatcher(self.dispatcher)  # enqueue returns at its commit
         self._in_transaction: InTransaction | None = None
         self._recorded_inputs = RecordedInputs(store.db, self.clock)
 
@@ -506,11 +512,11 @@ class DurableClient(Management):
         self._recorded_inputs.check(workflow_name, args, kwargs or {}, allow_unknown)
         if transaction is not None:
             if self._in_transaction is None:
-                self._in_transaction = InTransaction(self.store, self.dispatcher, self.clock)
+                self._in_transaction = InTransaction(self.store, self.start_dispatcher, self.clock)
             workflow_id = start_in_transaction(self._in_transaction, row, transaction, on_duplicate)
         else:
             workflow_id = start_workflow(
-                self.store, self.dispatcher, row, on_duplicate, self.clock, debounce=debounce is not None
+                self.store, self.start_dispatcher, row, on_duplicate, self.clock, debounce=debounce is not None
             )
         return WorkflowHandle(workflow_id, self)
 
@@ -554,7 +560,8 @@ class RecordedInputs:
     def __init__(self, db: Database, clock: Clock):
         self.db = db
         self.clock = clock
-        self._cache: dict[str, tuple[float, dict[str, Any], dict[str, Any]]] = {}
+        # name -> (read at, any workflow recorded, its parameters or None, validators)
+        self._cache: dict[str, tuple[float, bool, dict[str, Any] | None, dict[str, Any]]] = {}
 
     def check(
         self, workflow_name: str, args: Sequence[Any], kwargs: dict[str, Any], allow_unknown: bool
@@ -564,31 +571,39 @@ class RecordedInputs:
         allowed, or nothing is recorded at all)."""
         if workflow_name.startswith(INTERNAL_PREFIX):  # dispatched steps, canvases: not recorded
             return
-        now = self.clock.monotonic()
         cached = self._cache.get(workflow_name)
-        if cached is None or now - cached[0] > self.CACHE_SECONDS:
-            try:
-                any_recorded, text = retry_while_unavailable(
-                    lambda: workflow_schema(self.db, workflow_name), "reading a workflow's parameters",
-                    give_up_after_seconds=START_WAIT_SECONDS, clock=self.clock,
-                )
-            except Exception as exc:
-                if is_transient(exc):
-                    raise DatabaseUnavailableError(
-                        f"could not start workflow {workflow_name!r}: the database is unavailable ({exc})"
-                    ) from exc
-                raise
-            if text is None:
-                if any_recorded and not allow_unknown:
-                    raise UnknownWorkflowError(
-                        f"no worker has registered a workflow named {workflow_name!r} (workers record "
-                        "theirs at start): check the name, or pass allow_unknown=True to enqueue it "
-                        "for workers yet to come; nothing was written"
-                    )
-                return
-            cached = self._cache[workflow_name] = (now, json.loads(text), {})
-        _, recorded, validators = cached
-        check_against_schema(workflow_name, recorded, args, kwargs, validators)
+        fresh = cached is None or self.clock.monotonic() - cached[0] > self.CACHE_SECONDS
+        if fresh:
+            cached = self._read(workflow_name)
+        assert cached is not None
+        _, any_recorded, recorded, validators = cached
+        if recorded is None and any_recorded and not allow_unknown:
+            if not fresh:  # a refusal is never from the cache: a worker may have just recorded it
+                self._cache.pop(workflow_name)
+                return self.check(workflow_name, args, kwargs, allow_unknown)
+            raise UnknownWorkflowError(
+                f"no worker has registered a workflow named {workflow_name!r} (workers record "
+                "theirs at start): check the name, or pass allow_unknown=True to enqueue it "
+                "for workers yet to come; nothing was written"
+            )
+        if recorded is not None:
+            check_against_schema(workflow_name, recorded, args, kwargs, validators)
+
+    def _read(self, workflow_name: str) -> tuple[float, bool, dict[str, Any] | None, dict[str, Any]]:
+        try:
+            any_recorded, text = retry_while_unavailable(
+                lambda: workflow_schema(self.db, workflow_name), "reading a workflow's parameters",
+                give_up_after_seconds=START_WAIT_SECONDS, clock=self.clock,
+            )
+        except Exception as exc:
+            if is_transient(exc):
+                raise DatabaseUnavailableError(
+                    f"could not start workflow {workflow_name!r}: the database is unavailable ({exc})"
+                ) from exc
+            raise
+        recorded = None if text is None else json.loads(text)
+        entry = self._cache[workflow_name] = (self.clock.monotonic(), any_recorded, recorded, {})
+        return entry
 
 
 def _to_ms(value: Any) -> int | None:
