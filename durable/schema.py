@@ -301,6 +301,75 @@ for _statement in NOTIFY_ENDED_SQL:
     )
 
 
+# Postgres: the gate a workflow of a limited queue passes to start
+# (store/flow.py), as one function so that the whole gate and the claim are
+# one statement, one round trip. It locks the queue's row first; each of its
+# queries then takes a snapshot of its own (a volatile function's, under READ
+# COMMITTED), so the counts see every start the lock made it wait for.
+# Returns -1: start it; -2: held until a slot frees; t >= 0: held by the rate
+# limit until t; -3: not gated here (no limits, already started, other
+# queue); -4: no such workflow; -5: its own start time is still ahead.
+GATE_FUNCTION_SQL = r"""
+CREATE OR REPLACE FUNCTION durable_gate(p_queue text, p_wid text, p_now bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    lim record;
+    wf record;
+    limited boolean;
+    running bigint;
+    ahead bigint;
+    rate text[];
+    period_ms bigint;
+    nth bigint;
+    wake bigint;
+BEGIN
+    -- like the claim: durable before any write of the execution it starts
+    PERFORM set_config('synchronous_commit', 'off', true);
+    SELECT * INTO lim FROM durable_queues WHERE name = p_queue FOR UPDATE;
+    limited := FOUND;
+    SELECT status, queue, partition_key, start_at_ms, priority INTO wf
+        FROM durable_workflows WHERE workflow_id = p_wid;
+    IF NOT FOUND THEN RETURN -4; END IF;
+    IF NOT limited OR wf.status <> 'ENQUEUED' OR wf.queue <> p_queue THEN RETURN -3; END IF;
+    IF wf.start_at_ms IS NOT NULL AND wf.start_at_ms > p_now THEN RETURN -5; END IF;
+    IF lim.concurrency IS NOT NULL THEN
+        SELECT count(*) INTO running FROM durable_workflows
+            WHERE queue = p_queue AND status = 'PENDING';
+        IF running >= lim.concurrency THEN
+            wake := -2;
+        ELSIF lim.priority <> 0 THEN
+            -- a higher priority waiting for the same free slots goes first
+            SELECT count(*) INTO ahead FROM durable_workflows
+                WHERE queue = p_queue AND status = 'ENQUEUED' AND priority > wf.priority
+                AND (start_at_ms IS NULL OR start_at_ms <= p_now);
+            IF ahead >= lim.concurrency - running THEN wake := -2; END IF;
+        END IF;
+    END IF;
+    IF wake IS NULL AND lim.partition_concurrency IS NOT NULL AND wf.partition_key IS NOT NULL THEN
+        SELECT count(*) INTO running FROM durable_workflows
+            WHERE queue = p_queue AND status = 'PENDING' AND partition_key = wf.partition_key;
+        IF running >= lim.partition_concurrency THEN wake := -2; END IF;
+    END IF;
+    IF wake IS NULL AND lim.rate_limit IS NOT NULL THEN
+        rate := regexp_match(lim.rate_limit, '^\s*(\d+)\s*(?:/\s*([smh]))?\s*$');
+        period_ms := CASE coalesce(rate[2], 's') WHEN 's' THEN 1000 WHEN 'm' THEN 60000 ELSE 3600000 END;
+        -- the count-th latest start in the window: when it leaves, a start may go
+        SELECT started_at_ms INTO nth FROM durable_workflows
+            WHERE queue = p_queue AND started_at_ms > p_now - period_ms
+            ORDER BY started_at_ms DESC OFFSET rate[1]::int - 1 LIMIT 1;
+        IF FOUND THEN wake := nth + period_ms; END IF;
+    END IF;
+    IF wake IS NULL THEN RETURN -1; END IF;
+    UPDATE durable_workflows SET redispatch_at_ms = CASE WHEN wake = -2 THEN NULL ELSE wake END
+        WHERE workflow_id = p_wid AND status = 'ENQUEUED';
+    RETURN wake;
+END
+$$"""
+event.listen(
+    queues, "after_create",
+    DDL(GATE_FUNCTION_SQL).execute_if(dialect="postgresql"),  # type: ignore[no-untyped-call]
+)
+
 # --- in an application database of its own (`app_database_url`) ---------------
 # Migrated by `durable/migrations/app_database/`, with its own version table.
 

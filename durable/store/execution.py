@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from sqlalchemy import BigInteger, Integer, String, Text, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.engine import Connection, RowMapping
+from sqlalchemy.sql.dml import ReturningUpdate
 from sqlalchemy.sql.elements import ColumnElement
 from sqlalchemy.sql.selectable import ExecutableReturnsRows
 from sqlalchemy.types import TypeEngine
@@ -77,7 +78,7 @@ class ExecutionSql(StoreBase):
     def __init__(self, database: Database):
         super().__init__(database)
         self._fenced_step_upserts: dict[tuple[frozenset[str], bool], Prebuilt] = {}
-        self._claim_unleased_stmt = Prebuilt(database, _build_claim_unleased(database.is_sqlite))
+        self._claim_unleased_stmt = Prebuilt(database, build_claim_unleased(database.is_sqlite))
         # The code version this process runs (DURABLE_APP_VERSION), written
         # on each workflow an execution of it claims: set by the app.
         self.app_version: str | None = None
@@ -422,7 +423,9 @@ class ExecutionSql(StoreBase):
         return True
 
 
-def _build_claim_unleased(is_sqlite: bool) -> ExecutableReturnsRows:
+def build_claim_unleased(is_sqlite: bool, *also: ColumnElement[bool]) -> ReturningUpdate[Any]:
+    """The claim of an unleased workflow (`also`: further conditions, such as
+    its queue's gate)."""
     has_steps = select(S.step_id).where(S.workflow_id == bindparam("wid")).limit(1).exists()
     conditions: list[ColumnElement[bool]] = [
         W.workflow_id == bindparam("wid"),
@@ -431,6 +434,7 @@ def _build_claim_unleased(is_sqlite: bool) -> ExecutableReturnsRows:
         W.lease_owner.is_(None),
         # a delayed start (start_at_ms) waits for its timer
         or_(W.start_at_ms.is_(None), W.start_at_ms <= bindparam("now")),
+        *also,
     ]
     if not is_sqlite:
         # This claim's commit need not wait for the disk: Postgres flushes

@@ -13,19 +13,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, bindparam, func, select, update
+from sqlalchemy import BigInteger, bindparam, func, select, true, update
 
 from ..limits import QueueLimits
 from ..records import Status
 from ..schema import queues, workflows
 from .base import W
-from .execution import Claim, ExecutionSql
+from .execution import Claim, ExecutionSql, build_claim_unleased
 from .prebuilt import Prebuilt
 
 Q = queues.c
 
 HELD = "held"  # claim_gated's answer for a workflow its queue holds back
 NOT_GATED = "not_gated"  # not a first start: the ordinary claim applies
+
+# durable_gate's verdicts (schema.GATE_FUNCTION_SQL); t >= 0 is "held until t"
+_START, _HELD_FOR_SLOT, _NOT_GATED, _MISSING, _NOT_DUE = -1, -2, -3, -4, -5
 
 
 class FlowSql(ExecutionSql):
@@ -47,6 +50,8 @@ class FlowSql(ExecutionSql):
             select(func.count()).where(*in_queue, W.partition_key == here.c.partition_key)
             .scalar_subquery().label("running_in_partition"),
         ).where(here.c.workflow_id == bindparam("wid")))
+        if not database.is_sqlite:
+            self._gate_and_claim_stmt = Prebuilt(database, _build_gate_and_claim())
         self._held_stmt = Prebuilt(database, (
             select(W.workflow_id, W.name, W.queue, W.priority, running.label("running"))
             .where(
@@ -83,6 +88,10 @@ class FlowSql(ExecutionSql):
         """The first start of a workflow on a limited queue: its Claim, HELD,
         NOT_GATED (it already started, or is not on this queue), or None (it
         ended, or is not there)."""
+        if not self.db.is_sqlite:
+            return self._claim_gated_in_one_statement(
+                workflow_id, queue, owner, now_ms, lease_ms, default_max_recovery
+            )
         with self.db.begin() as conn:
             limits_row = self._lock_queue_stmt.first(dict(queue=queue), conn)
             # read after the lock (a statement of its own, so its snapshot sees
@@ -116,6 +125,32 @@ class FlowSql(ExecutionSql):
             workflow_id, claimed, status=Status.PENDING.value, epoch=claimed["lease_epoch"],
             recovered=False, recovery_attempts=claimed["recovery_attempts"],
             max_recovery_attempts=claimed["max_recovery_attempts"], steps=step_rows,
+        )
+
+    def _claim_gated_in_one_statement(
+        self, workflow_id: str, queue: str, owner: str, now_ms: int, lease_ms: int, default_max_recovery: int,
+    ) -> Claim | str | None:
+        """Postgres: the gate (durable_gate) and the claim in one autocommit
+        statement, holding the queue's lock to its end."""
+        row = self._gate_and_claim_stmt.first(dict(
+            queue=queue, wid=workflow_id, owner=owner, now=now_ms, lease_until=now_ms + lease_ms,
+            default_max=default_max_recovery, version=self.app_version,
+        ))
+        assert row is not None  # the gate's own row is always there
+        verdict = row["verdict"]
+        if verdict == _MISSING:
+            return None
+        if verdict == _NOT_GATED:
+            return NOT_GATED
+        if verdict != _START:
+            return HELD
+        if row["lease_epoch"] is None:  # passed the gate, yet not claimable (say, leased meanwhile)
+            return NOT_GATED
+        step_rows = self.steps_of(workflow_id) if row["has_steps"] else {}
+        return Claim.of(
+            workflow_id, row, status=Status.PENDING.value, epoch=row["lease_epoch"],
+            recovered=False, recovery_attempts=row["recovery_attempts"],
+            max_recovery_attempts=row["max_recovery_attempts"], steps=step_rows,
         )
 
     def _gate(self, conn: Any, limits: QueueLimits, row: Any, now_ms: int) -> int | None | bool:
@@ -207,3 +242,16 @@ class FlowSql(ExecutionSql):
                 backlog=by_queue.get(name, {}).get(Status.ENQUEUED.value, 0),
             ))
         return out
+
+
+def _build_gate_and_claim() -> Any:
+    """WITH gate (durable_gate's verdict), claimed (the ordinary claim, only
+    when the verdict is "start"): the verdict, and the claim's columns or
+    NULLs."""
+    gate = select(
+        func.durable_gate(
+            bindparam("queue"), bindparam("wid"), bindparam("now", type_=BigInteger), type_=BigInteger
+        ).label("verdict")
+    ).cte("gate")
+    claimed = build_claim_unleased(False, select(gate.c.verdict).scalar_subquery() == _START).cte("claimed")
+    return select(gate.c.verdict, *claimed.c).select_from(gate.outerjoin(claimed, true()))
