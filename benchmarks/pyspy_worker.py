@@ -1,6 +1,6 @@
 """Sample a real worker child with py-spy while it runs the throughput workload:
 
-    .venv/bin/python -m benchmarks.pyspy_worker [--workflows 500]
+    .venv/bin/python -m benchmarks.pyspy_worker [--workflows 500] [--workload chains]
 
 Starts Postgres/Redis and one durable worker (prefork 2) like benchmarks.run,
 records one pool child with `py-spy record --format raw` (collapsed stacks)
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.run import Bench, child_pids, log
+from benchmarks.run import Bench, child_pids, log, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--workflows", type=int, default=500)
+    p.add_argument("--workload", choices=("workflows", "chains"), default="workflows",
+                   help="10-step workflows, or dur.chain of 10 no-op tasks (each a dispatched step)")
     p.add_argument("--process", choices=("child", "main"), default="child",
                    help="sample a pool child (runs workflows) or the worker's main process (Celery's consumer)")
     a = p.parse_args(argv)
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     b.systems = ["durable"]
     out = REPO / "benchmarks" / "results"
     out.mkdir(exist_ok=True)
-    raw = out / f"pyspy-worker-{a.process}.txt"
+    raw = out / f"pyspy-worker-{a.workload}-{a.process}.txt"
     spy = None
     try:
         b.start_servers()
@@ -45,8 +47,17 @@ def main(argv: list[str] | None = None) -> int:
                                 "--format", "raw", "-o", str(raw), "--nonblocking"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(1.0)
-        secs = b.run_batch("durable", a.workflows, 10, "spy-")
-        log(f"{a.workflows} workflows in {secs:.2f} s under py-spy")
+        if a.workload == "chains":
+            from benchmarks.workloads import noop_task
+
+            t0 = time.time()
+            for i in range(a.workflows):
+                b.dur.chain(*[noop_task.si(k) for k in range(10)]).start(workflow_id=f"spy-{i}")
+            wait_until(lambda: b.canvases_done("spy-")[0] >= a.workflows, 300, "chains", 0.05)
+            secs = time.time() - t0
+        else:
+            secs = b.run_batch("durable", a.workflows, 10, "spy-")
+        log(f"{a.workflows} {a.workload} in {secs:.2f} s under py-spy")
         spy.send_signal(2)
         spy.wait(timeout=30)
         b.stop_workers(w)
