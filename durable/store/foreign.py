@@ -67,18 +67,21 @@ def _holder_query() -> Any:
 def insert_workflow_on(
     conn: Connection, row: dict[str, Any], sqlite: bool
 ) -> StartResult:
-    """Insert a workflow row on the caller's SQLAlchemy connection, in a
-    savepoint: a held dedup key raises DedupConflict and leaves the
-    caller's transaction usable. The holder is looked up on the same
+    """Insert a workflow row on the caller's SQLAlchemy connection; with a
+    dedup key, in a savepoint: a held one raises DedupConflict and leaves
+    the caller's transaction usable. The holder is looked up on the same
     connection (on SQLite, durable's own connection would wait for the
     caller's write lock)."""
     from sqlalchemy.dialects import sqlite as sqlite_dialect
     from sqlalchemy.exc import IntegrityError
 
     stmt = _insert(tuple(sorted(row)), sqlite_dialect.insert if sqlite else postgresql.insert)
+    values = {f"v_{k}": v for k, v in row.items()}
+    if row.get("dedup_key") is None:  # nothing can conflict but the ID, which ON CONFLICT absorbs
+        return StartResult(created=conn.execute(stmt, values).first() is not None, workflow_id=row["workflow_id"])
     try:
-        with conn.begin_nested():
-            inserted = conn.execute(stmt, {f"v_{k}": v for k, v in row.items()}).first()
+        with conn.begin_nested():  # two round trips more, for the dedup key's possible conflict
+            inserted = conn.execute(stmt, values).first()
     except IntegrityError:
         holder = conn.execute(
             _holder_query(), {"queue": row["queue"], "dedup_key": row["dedup_key"]}
@@ -105,10 +108,15 @@ def insert_workflow_driver(psycopg_conn: Any, row: dict[str, Any]) -> StartResul
     if compiled is None:
         compiled = _driver_statements[columns] = _driver_sql(_insert(columns))
     sql, constants = compiled
+    values = {**constants, **{f"v_{k}": v for k, v in row.items()}}
+    if row.get("dedup_key") is None:  # nothing can conflict but the ID, which ON CONFLICT absorbs
+        with psycopg_conn.cursor() as cursor:
+            cursor.execute(sql, values)
+            return StartResult(created=cursor.fetchone() is not None, workflow_id=row["workflow_id"])
     try:
         with psycopg_conn.transaction():  # a savepoint: the caller's transaction is open
             with psycopg_conn.cursor() as cursor:
-                cursor.execute(sql, {**constants, **{f"v_{k}": v for k, v in row.items()}})
+                cursor.execute(sql, values)
                 inserted = cursor.fetchone()
     except psycopg.errors.UniqueViolation:
         holder_sql, holder_constants = _driver_sql(_holder_query())
