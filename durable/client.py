@@ -238,6 +238,7 @@ def step_info(row: dict[str, Any]) -> StepInfo:
         completed_at=datetime_from_ms(row["completed_at_ms"]),
         last_crash=row["last_crash"],
         attempt_errors=json.loads(attempt_errors) if attempt_errors else None,
+        executor=row.get("executor"),
     )
 
 

@@ -260,6 +260,7 @@ class Execution:
             next_attempt_at_ms=next_attempt_at_ms, child_workflow_id=child_workflow_id,
             started_at_ms=started_at_ms if started_at_ms is not None else now,
             completed_at_ms=None if status is StepStatus.RETRYING else now,
+            executor=self.owner,  # the process that ran it, in the same INSERT
         )
 
     def write(self, values: dict[str, Any], conn: Connection | None = None) -> bool:
