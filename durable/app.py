@@ -13,7 +13,7 @@ from typing import Any, Callable, Generic, TypeVar, overload
 from celery import Celery
 from celery.canvas import chain as celery_chain, chord as celery_chord, group as celery_group
 
-from . import celery_binding, sagas
+from . import celery_binding, sagas, tracing
 from .breakers import CircuitBreaker
 from .canvas import CANVAS_WORKFLOW, Canvas, CanvasRunner, ChainContinuations, describe, signatures
 from .client import Management, WorkflowHandle
@@ -92,6 +92,10 @@ class BoundStart(Generic[R]):
         self.opts = options
 
     def start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
+        with tracing.enqueue_span(self.workflow.name, self.opts.queue):
+            return self._start(*args, **kwargs)
+
+    def _start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
         durable = self.workflow.durable
         execution = in_workflow_code()
         row = new_workflow_row(

@@ -169,7 +169,8 @@ def show(workflow_id: str, as_json: bool) -> None:
     for s in steps:
         extra = f" crashes={s.crashes}" if s.crashes else ""
         child = f" child={s.child_workflow_id}" if s.child_workflow_id else ""
-        click.echo(f"  #{s.step_id:<4} {s.name:<28} {s.status.value:<9} attempts={s.attempts}{extra}{child}")
+        worker = f" worker={s.executor}" if s.executor else ""
+        click.echo(f"  #{s.step_id:<4} {s.name:<28} {s.status.value:<9} attempts={s.attempts}{worker}{extra}{child}")
 
 
 @workflows.command()

@@ -8,6 +8,7 @@ the engine or the worker (a test holds it to that).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import functools
 import json
@@ -19,6 +20,7 @@ from celery import Celery
 
 from . import mailbox
 from . import serialization as ser
+from . import tracing
 from .clock import SYSTEM_CLOCK, Clock
 from .context import current_execution, in_workflow_code
 from .database import Database, retry_while_unavailable
@@ -239,6 +241,7 @@ def step_info(row: dict[str, Any]) -> StepInfo:
         completed_at=datetime_from_ms(row["completed_at_ms"]),
         last_crash=row["last_crash"],
         attempt_errors=json.loads(attempt_errors) if attempt_errors else None,
+        executor=row.get("executor"),
     )
 
 
@@ -455,6 +458,7 @@ class DurableClient(Management):
         self._in_transaction: InTransaction | None = None
         self._recorded_inputs = RecordedInputs(store.db, self.clock)
 
+    @tracing.enqueue_traced
     def enqueue(
         self,
         workflow_name: str,
@@ -541,8 +545,11 @@ class DurableClient(Management):
         the loop without a second, async copy of the store. To enqueue in an
         `AsyncSession`'s transaction, run the sync call on its session:
         `await session.run_sync(lambda s: client.enqueue(..., transaction=s))`."""
+        # in this context (the request's span, its context variables): the
+        # loop's executor does not carry it into its thread by itself
         call = functools.partial(
-            self.enqueue, workflow_name, args, kwargs, workflow_id=workflow_id, queue=queue,
+            contextvars.copy_context().run, self.enqueue, workflow_name, args, kwargs,
+            workflow_id=workflow_id, queue=queue,
             dedup_key=dedup_key, priority=priority, timeout=timeout,
             max_recovery_attempts=max_recovery_attempts, on_duplicate=on_duplicate,
             allow_unknown=allow_unknown,

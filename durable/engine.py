@@ -35,6 +35,7 @@ from sqlalchemy.engine import Connection
 
 from . import metrics
 from . import serialization as ser
+from . import tracing
 from .breakers import OPEN, CircuitBreaker
 from .clock import Clock
 from .context import StepContext, enter_execution, enter_step
@@ -260,6 +261,7 @@ class Execution:
             next_attempt_at_ms=next_attempt_at_ms, child_workflow_id=child_workflow_id,
             started_at_ms=started_at_ms if started_at_ms is not None else now,
             completed_at_ms=None if status is StepStatus.RETRYING else now,
+            executor=self.owner,  # the process that ran it, in the same INSERT
         )
 
     def write(self, values: dict[str, Any], conn: Connection | None = None) -> bool:
@@ -357,7 +359,8 @@ class Execution:
             breaker = getattr(step, "circuit", None)
             probe_token = f"{self.workflow_id}:{position.step_id}:{attempts}"
             try:
-                with enter_step(StepContext(position.step_id, step.name, attempts, policy.max_attempts)):
+                with enter_step(StepContext(position.step_id, step.name, attempts, policy.max_attempts)), \
+                        tracing.step_span(self.workflow_id, step.name, position.step_id, attempts):
                     if breaker is not None:
                         self._pass_breaker(breaker, probe_token)
                     if transactional:

@@ -87,3 +87,4 @@ class StepInfo:
     completed_at: dt.datetime | None
     last_crash: str | None = None
     attempt_errors: list[dict[str, Any]] | None = None
+    executor: str | None = None  # "host:pid" of the process that ran its last attempt

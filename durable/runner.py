@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from . import metrics
 from . import serialization as ser
+from . import tracing
 from .database import retry_while_unavailable
 from .dispatch import process_owner, publish_if_runnable
 from .engine import Collaborators, Ending, Execution
@@ -159,7 +160,8 @@ class Runner:
                 return self._reroute(claim, claim.queue, crashed=False)
         self.leases.track(workflow_id, claim.epoch, owner)
         try:
-            ending = Execution(claim, owner, self.collaborators).run(workflow.fn)
+            execution = Execution(claim, owner, self.collaborators)
+            ending = tracing.run_workflow(claim, owner, lambda: execution.run(workflow.fn))
         finally:
             self.leases.untrack(workflow_id)
         return Delivery("executed", workflow_id, ending, ending.error)

@@ -59,6 +59,9 @@ workflows = Table(
     Column("last_death", Text, nullable=True),
     # JSON: the rest of a static chain, started by this workflow's end (canvas.py)
     Column("continuation", Text, nullable=True),
+    # JSON: the trace context the workflow was started in (W3C traceparent),
+    # which each of its executions continues (tracing.py); NULL untraced
+    Column("trace_context", Text, nullable=True),
     # Flow control (flow.py): a queue's partition_concurrency counts per
     # partition key; a workflow is not started before start_at_ms.
     Column("partition_key", String(255), nullable=True),
@@ -134,6 +137,9 @@ steps = Table(
     Column("next_attempt_at_ms", BigInteger, nullable=True),
     Column("started_at_ms", BigInteger, nullable=True),
     Column("completed_at_ms", BigInteger, nullable=True),
+    # the lease owner ("host:pid") whose checkpoint wrote the row: the
+    # process that ran the step's last attempt
+    Column("executor", String(255), nullable=True),
     PrimaryKeyConstraint("workflow_id", "step_id", name="pk_durable_steps"),
 )
 

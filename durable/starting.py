@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from . import serialization as ser
+from . import tracing
 from .clock import SYSTEM_CLOCK, Clock
 from .database import retry_while_unavailable
 from .db_errors import is_transient
@@ -131,7 +132,7 @@ def new_workflow_row(
     inputs = ser.dumps_inputs(args, kwargs)
     check_payload_size(inputs, settings, f"the inputs of workflow {name!r}")
     now = clock.now_ms()
-    return dict(
+    row = dict(
         workflow_id=str(uuid.uuid4()) if workflow_id is None else workflow_id,
         name=name,
         status=Status.ENQUEUED.value,
@@ -151,6 +152,8 @@ def new_workflow_row(
         created_at_ms=now,
         updated_at_ms=now,
     )
+    tracing.stamp(row)  # the trace it is started in, if any: each execution continues it
+    return row
 
 
 def check_payload_size(text: str, settings: Settings, what: str) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +29,8 @@ from durable.dashboard.auth import LOOPBACK_HOSTS
 from durable.database import Database
 from durable.schema import steps
 from tests.dashboard_harness import serving
-from tests.harness import REPO
+from tests.harness import REPO, Backend, Worker
+from tests.workflows import effects
 
 DURABLE_BIN = Path(sys.executable).parent / "durable"
 
@@ -216,6 +218,39 @@ def test_dashboard_workflow_detail_shows_steps_crashes_and_children(env: Env, da
     assert [s["name"] for s in body["steps"]] == ["reserve_stock", "charge", "charge_card"]
     assert body["steps"][1]["crashes"] == 1 and "SIGKILL" in body["steps"][1]["last_crash"]
     assert body["steps"][2]["child_workflow_id"] == "wf-child"
+
+
+def test_each_step_names_the_worker_process_that_ran_it(pg_backend: Backend, effects_dir: Path, tmp_path: Path) -> None:
+    """A real prefork worker runs ten steps; each step's side effect records
+    the pid of the pool child that ran it (tests/workflows.py). The step rows
+    name that host and pid: the CLI, the dashboard's timeline and its JSON."""
+    worker = Worker(pg_backend.env(effects_dir), tmp_path / "worker.log", concurrency=2).start()
+    client = pg_backend.client()
+    try:
+        handle = client.enqueue("ten_steps")
+        assert handle.result(timeout=60)["sum"] == 385
+        main, pool = worker.pid, worker.children()
+    finally:
+        worker.kill_all()
+    ran = {kind: pid for kind, pid, _ in effects(handle.workflow_id)}
+    assert set(ran.values()) <= set(pool) and main not in ran.values()  # pool children, not the main process
+    host = socket.gethostname()
+    expected = [f"{host}:{ran[f'step{i}']}" for i in range(1, 11)]
+    assert [s.executor for s in client.list_steps(handle.workflow_id)] == expected
+
+    shown = ok(run_durable("workflows", "show", handle.workflow_id,
+                           database_url=pg_backend.database_url, home=tmp_path / "cli-home"))
+    step_lines = [line for line in shown.splitlines() if line.lstrip().startswith("#")]
+    assert [line.split("worker=")[1].split()[0] for line in step_lines] == expected
+
+    with serving(create_app(client, auth=NO_AUTH, allowed_hosts=LOOPBACK_HOSTS)) as url:
+        status, _, page = fetch(url + workflow_href(handle.workflow_id))
+        assert status == 200
+        for i in range(1, 11):
+            assert f'<td class="executor">{host} <span class="pid">{ran[f"step{i}"]}</span></td>' in page
+        _, _, api = fetch(url + "/api" + workflow_href(handle.workflow_id))
+    assert [s["executor"] for s in json.loads(api)["steps"]] == expected
+    client.store.db.dispose()
 
 
 def test_dashboard_paginates_and_reports_unknown_workflows(env: Env, dashboard: str) -> None:

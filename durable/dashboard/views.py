@@ -73,6 +73,8 @@ class StepView:
     child: WorkflowStatus | None
     child_kind: str
     outcome: str
+    worker_host: str  # of the process that ran the step ("host:pid" split)
+    worker_pid: str
 
 
 class Dashboard:
@@ -225,11 +227,14 @@ def _timeline(w: WorkflowStatus, steps: list[StepInfo], children: dict[str, Work
             outcome = f"{s.error.type}: {s.error.message}"
         else:
             outcome = json.dumps(s.output, default=str, ensure_ascii=False) if s.output is not None else ""
+        host, colon, pid = (s.executor or "").rpartition(":")  # a lease owner is "host:pid"
+        if not colon:
+            host, pid = s.executor or "", ""
         failed_attempts = len(s.attempt_errors or [])
         retries = max(s.attempts - 1, 0) if s.status is not StepStatus.RETRYING else failed_attempts
         views.append(StepView(
             step=s, duration=_seconds(s.started_at, s.completed_at), bar_x=round(x, 2), bar_width=round(width, 2),
             retries=retries, crash_cause=_crash_cause(s.last_crash), child=child, child_kind=kind,
-            outcome=outcome[:2000],
+            outcome=outcome[:2000], worker_host=host, worker_pid=pid,
         ))
     return views

@@ -32,7 +32,7 @@ logger = logging.getLogger("durable.store")
 
 _STEP_COLUMNS = (
     "workflow_id", "step_id", "name", "status", "output", "error", "attempt_errors",
-    "attempts", "child_workflow_id", "next_attempt_at_ms", "started_at_ms", "completed_at_ms",
+    "attempts", "child_workflow_id", "next_attempt_at_ms", "started_at_ms", "completed_at_ms", "executor",
 )
 # isolation levels whose reads all see the transaction's first snapshot
 _SNAPSHOT_LEVELS = ("REPEATABLE READ", "SERIALIZABLE")
@@ -40,7 +40,7 @@ _STEP_TYPES: dict[str, type[TypeEngine[Any]]] = {
     "workflow_id": String, "step_id": Integer, "name": String, "status": String,
     "output": Text, "error": Text, "attempt_errors": Text, "attempts": Integer,
     "child_workflow_id": String, "next_attempt_at_ms": BigInteger,
-    "started_at_ms": BigInteger, "completed_at_ms": BigInteger,
+    "started_at_ms": BigInteger, "completed_at_ms": BigInteger, "executor": String,
 }
 
 
@@ -62,6 +62,7 @@ class Claim:
     last_death: str | None
     steps: dict[int, dict[str, Any]]
     continuation: str | None = None  # the rest of a static chain (canvas.py)
+    trace_context: str | None = None  # where the workflow was started, for its spans (tracing.py)
 
     @classmethod
     def of(cls, workflow_id: str, row: Mapping[str, Any] | RowMapping, **decided: Any) -> "Claim":
@@ -69,7 +70,8 @@ class Claim:
         return cls(
             workflow_id=workflow_id, name=row["name"], inputs=row["inputs"], queue=row["queue"],
             parent_workflow_id=row["parent_workflow_id"], deadline_at_ms=row["deadline_at_ms"],
-            last_death=row["last_death"], continuation=row.get("continuation"), **decided,
+            last_death=row["last_death"], continuation=row.get("continuation"),
+            trace_context=row.get("trace_context"), **decided,
         )
 
 
@@ -159,6 +161,7 @@ class ExecutionSql(StoreBase):
                     W.name, W.status, W.lease_owner, W.lease_epoch, W.lease_expires_at_ms,
                     W.recovery_attempts, W.max_recovery_attempts, W.inputs, W.queue,
                     W.parent_workflow_id, W.deadline_at_ms, W.last_death, W.continuation, W.start_at_ms,
+                    W.trace_context,
                 ).where(W.workflow_id == workflow_id)
             ).mappings().first()
             if row is None or row["status"] not in ACTIVE_STATUSES:
@@ -267,8 +270,8 @@ class ExecutionSql(StoreBase):
     def _build_fenced_step_upsert(self, columns: tuple[str, ...], locked: bool) -> ExecutableReturnsRows:
         """INSERT the step row only while the execution still holds the lease;
         a RETRYING row may be advanced, a final outcome never replaced. One
-        statement per set of columns given: a plain success sends 7 values,
-        not all 12 (the others are NULL, and so are their `excluded` values).
+        statement per set of columns given: a plain success sends 9 values,
+        not all 13 (the others are NULL, and so are their `excluded` values).
 
         `locked`: the fence locks the workflow row it reads (FOR SHARE on
         Postgres) to the end of the write's transaction, in the same
@@ -303,6 +306,8 @@ class ExecutionSql(StoreBase):
         source = select(*[bindparam(c, type_=_STEP_TYPES[c]) for c in columns]).where(fence)
         stmt = self._insert(steps).from_select(list(columns), source)
         updatable = [c for c in _STEP_COLUMNS if c not in ("workflow_id", "step_id", "started_at_ms")]
+        if "executor" not in columns:  # a write that names no process keeps the one recorded
+            updatable.remove("executor")
         return stmt.on_conflict_do_update(
             index_elements=["workflow_id", "step_id"],
             set_={c: stmt.excluded[c] for c in updatable},
@@ -459,7 +464,7 @@ def build_claim_unleased(is_sqlite: bool, *also: ColumnElement[bool]) -> Returni
         .returning(
             W.name, W.lease_epoch, W.recovery_attempts, W.max_recovery_attempts, W.inputs,
             W.queue, W.parent_workflow_id, W.deadline_at_ms, W.last_death, W.continuation,
-            has_steps.label("has_steps"),
+            W.trace_context, has_steps.label("has_steps"),
         )
     )
 
