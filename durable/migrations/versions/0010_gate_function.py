@@ -2,14 +2,14 @@
 that a start passes the gate and is claimed in one statement (see
 schema.GATE_FUNCTION_SQL). Nothing on SQLite.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 """
 
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
