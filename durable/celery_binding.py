@@ -129,14 +129,18 @@ class DurableRequest(Request):  # type: ignore[misc]  # celery is untyped
 
 
 class RecoverySweeper(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Publishes workflows that lost their message or their worker."""
+    """Publishes workflows that lost their message or their worker.
 
-    requires = {"celery.worker.components:Pool"}
+    Started while the worker is built, once the schema is checked and
+    before the pool forks: its first pass (expire the leases of this
+    host's dead processes, then sweep) overlaps the pool's start and the
+    consumer's connection, so a restarted worker's own lost work is on
+    the broker by the time its consumer is up. The pool's forks wait for
+    its database calls (no_fork_meanwhile)."""
+
+    requires = {"durable.celery_binding:SchemaBeforeFork"}
 
     def __init__(self, worker: Any, **kwargs: Any):
-        self.sweeper: Sweeper | None = None
-
-    def start(self, worker: Any) -> None:
         runner = _runner_of(worker.app)
         self.sweeper = Sweeper(
             runner.store, runner.collaborators.dispatcher, runner.settings, runner.clock
@@ -144,8 +148,7 @@ class RecoverySweeper(bootsteps.StartStopStep):  # type: ignore[misc]
         self.sweeper.start()
 
     def stop(self, worker: Any) -> None:
-        if self.sweeper is not None:
-            self.sweeper.stop()
+        self.sweeper.stop()
 
 
 class TasksAsSteps(bootsteps.Step):  # type: ignore[misc]

@@ -163,15 +163,21 @@ class Sweeper:
         # steps whose checkpoints wait for the database). After an outage,
         # give them one lease period to renew before taking expired leases
         # for lost ones; a really lost execution is recovered that much later.
+        #
+        # The first sweep runs at once, after expiring the leases of this
+        # host's dead processes: a worker restarted after a crash publishes
+        # its own lost work (and any lease that ran out while it started)
+        # while the rest of the worker starts, not a sweep interval later.
         outage = False
         hold_until = 0.0
         try:
             with no_fork_meanwhile():
-                if reclaim_local_leases(self.store, this_host(), self.clock.now_ms()):
-                    sweep_once(self.store, self.dispatcher, self.settings, self.clock.now_ms())
+                reclaim_local_leases(self.store, this_host(), self.clock.now_ms())
         except Exception as exc:  # noqa: BLE001 - the leases expire by themselves anyway
             logger.warning("could not check this host's leases: %s", exc)
-        while not self._stop.wait(self.settings.sweep_interval_seconds):
+        wait_seconds = 0.0
+        while not self._stop.wait(wait_seconds):
+            wait_seconds = self.settings.sweep_interval_seconds
             try:
                 with no_fork_meanwhile():
                     sweep_once(

@@ -6,6 +6,8 @@
   is read on the database's clock (issue 15, item 2; the skewed worker runs
   under libfaketime).
 - A lease taken from a process still alive on this host counts no recovery.
+- A worker restarted on its host takes back at once the leases of the
+  processes that died there, and never a live one's (issue 15, item 17).
 
 The worker tests run real `celery worker` processes; the clock-skew test
 runs on Postgres and Redis, the others on both backends.
@@ -290,3 +292,38 @@ def test_a_lease_taken_from_a_live_local_process_counts_no_recovery(store: Store
     finally:
         alive.kill()
         alive.wait()
+
+
+# --- item 17: a worker restarted on its host ---------------------------------------
+
+def test_a_restarted_worker_takes_back_its_dead_leases_at_once_and_no_live_one(
+    backend: Backend, client, effects_dir: Path, tmp_path: Path
+):
+    """Two workers on this host, with a lease far longer than the test: the
+    killed worker's workflow can only be handed on by its successor
+    finding the lease's process gone; the live worker keeps its own."""
+    env = backend.env(effects_dir, DURABLE_LEASE_SECONDS="600", DURABLE_IMPORTS=IMPORTS)
+    live = Worker(env, tmp_path / "live.log", concurrency=1, queues="live").start()
+    killed = Worker(env, tmp_path / "killed.log", concurrency=1, queues="killed").start()
+    restarted = None
+
+    def runs(workflow_id: str) -> list[int]:
+        return [p for kind, p, _ in effects(workflow_id) if kind == "long_step"]
+
+    try:
+        on_live = client.enqueue("one_long_step", args=[900], queue="live").workflow_id
+        on_killed = client.enqueue("one_long_step", args=[900], queue="killed").workflow_id
+        (live_pid,) = wait_for(lambda: runs(on_live), 60, "the live worker's step to start")
+        wait_for(lambda: runs(on_killed), 60, "the doomed worker's step to start")
+        killed.kill_all()
+        restarted = Worker(env, tmp_path / "restarted.log", concurrency=1, queues="killed").start()
+        wait_for(lambda: len(runs(on_killed)) == 2, 60, "the killed step to run again")
+        status = client.get(on_killed)
+        assert status.recovery_attempts == 1 and "process gone" in (status.last_death or ""), status
+        assert runs(on_live) == [live_pid]
+        status = client.get(on_live)
+        assert status.status is Status.PENDING and status.recovery_attempts == 0, status
+    finally:
+        for worker in (live, killed, restarted):
+            if worker is not None:
+                worker.kill_all()
