@@ -94,6 +94,7 @@ class Report:
     gil_held_min: float | None = None
     clock_steps: int = 0  # step runs in processes whose wall clock read ahead
     clock_skew_s: tuple[float, float] | None = None  # (min, max) seen in those
+    clock_claims: int = 0  # claims made by clock-ahead processes
     drain_seconds: float | None = None
     drain_after_load_seconds: float | None = None
     active_at_last_fault: int | None = None
@@ -582,7 +583,7 @@ class Chaos:
                 "SELECT count(*) FROM durable_workflows WHERE dedup_key IS NOT NULL"
                 " AND status IN ('ENQUEUED', 'PENDING')")).scalar()
             claims = [dict(row) for row in conn.execute(text(
-                "SELECT * FROM chaos_claims WHERE old_owner IS NOT NULL ORDER BY id")).mappings()]
+                "SELECT * FROM chaos_claims ORDER BY id")).mappings()]
         effects = [json.loads(line) for line in self.effects.read_text().splitlines() if line.strip()] \
             if self.effects.exists() else []
 
@@ -813,6 +814,8 @@ class Chaos:
         for c in claims:
             old_pid = _pid_of(c["old_owner"])
             new_pid = _pid_of(c["new_owner"])
+            if new_pid in skewed_pids:
+                r.clock_claims += 1
             if old_pid is None or old_pid == new_pid:
                 continue
             r.takeovers += 1
@@ -971,7 +974,8 @@ def print_report(r: Report) -> None:
     held = "n/a" if r.gil_held_min is None else f"{r.gil_held_min:.1f}s"
     print(f"gil_hold steps            {r.gil_runs} ran to their end (GIL held at least {held} each)")
     skew = "n/a" if r.clock_skew_s is None else f"{r.clock_skew_s[0]:+.1f}s..{r.clock_skew_s[1]:+.1f}s"
-    print(f"clock-ahead step runs     {r.clock_steps} (their wall clock read {skew} ahead)")
+    print(f"clock-ahead step runs     {r.clock_steps} (their wall clock read {skew} ahead; "
+          f"claims made by clock-ahead processes {r.clock_claims})")
     drain = "n/a" if r.drain_seconds is None else f"{r.drain_seconds:.1f}s"
     after_load = "n/a" if r.drain_after_load_seconds is None else f"{r.drain_after_load_seconds:.1f}s"
     print(f"drain after last fault    {drain} ({r.active_at_last_fault} workflows not terminal at the "
