@@ -44,8 +44,15 @@ def hold_the_gil(seconds: float) -> float:
 
     ticker = threading.Thread(target=tick, daemon=True)
     ticker.start()
+    # the gap is measured between ticks: one before the C call, one after
+    # (on a busy machine the ticker may take a while to get a CPU)
+    while not ticks:
+        time.sleep(0.001)
     sum(range(n))
-    time.sleep(0.05)  # the ticker runs again: the gap ends
+    ticked = len(ticks)
+    deadline = time.monotonic() + 10
+    while len(ticks) == ticked and time.monotonic() < deadline:
+        time.sleep(0.001)
     stop.set()
     ticker.join()
     return max((b - a for a, b in zip(ticks, ticks[1:])), default=0.0)

@@ -66,6 +66,16 @@ class DatabaseClock:
     def now_ms(self) -> int:
         if self._pid != os.getpid():
             self._start_here()
+        elif self._offset_ms is None:
+            # never measured (the database was down at the first read): try
+            # again at each read rather than at the thread's next turn (5 s),
+            # so this host's clock, maybe far off, decides no lease once the
+            # database answers. A reading taken while it is down is this
+            # host's; the query it is for fails too, and is retried.
+            try:
+                self.measure()
+            except Exception as exc:  # noqa: BLE001 - this host's clock meanwhile
+                logger.debug("could not read the database's clock: %s", exc)
         return self.base.now_ms() + (self._offset_ms or 0)
 
     def monotonic(self) -> float:

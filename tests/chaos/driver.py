@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,6 +33,11 @@ from tests.servers import Postgres, RabbitMQ, Redis
 
 TERMINAL = ("SUCCESS", "ERROR", "CANCELLED", "MAX_RECOVERY_ATTEMPTS_EXCEEDED")
 MEMORY_QUEUE = "chaos-memory"
+CLOCK_QUEUE = "chaos-clock"  # consumed by clock-ahead workers only (besides the shared queue)
+CLOCK_AHEAD_S = 120  # how far ahead a clock_ahead worker's wall clock reads
+GIL_LEASES = 3.25  # a gil_hold step holds the GIL this many leases (at least 3 are checked)
+GIL_WORKFLOWS = 1  # gil_hold workflows per fault (each costs 3.25 leases of CPU)
+CLOCK_WORKFLOWS = 3  # workflows sent to the clock-ahead workers' own queue per clock_ahead fault
 
 # Every kind the full run injects (with Redis as the broker), each scheduled
 # at least once.
@@ -44,6 +50,8 @@ FAULT_WEIGHTS = {
     "redis_lose_data": 1,
     "pg_restart_fast": 1,
     "pg_restart_immediate": 1,
+    "gil_hold": 1,
+    "clock_ahead": 1,
 }
 
 
@@ -78,6 +86,15 @@ class Report:
     worker_exits: int = 0
     discarded_runs: int = 0
     zombie_runs_fenced: int = 0
+    takeovers: int = 0  # claims of a lease another execution held (expired, or the holder known dead)
+    takeovers_of_dead: int = 0
+    takeovers_of_live: collections.Counter = field(default_factory=collections.Counter)  # by why
+    recoveries_for_live: int = 0
+    gil_runs: int = 0
+    gil_held_min: float | None = None
+    clock_steps: int = 0  # step runs in processes whose wall clock read ahead
+    clock_skew_s: tuple[float, float] | None = None  # (min, max) seen in those
+    clock_claims: int = 0  # claims made by clock-ahead processes
     drain_seconds: float | None = None
     drain_after_load_seconds: float | None = None
     active_at_last_fault: int | None = None
@@ -117,6 +134,14 @@ class Chaos:
         self.load_end: float | None = None
         self.frozen_pids: set[int] = set()
         self.disturbed_pids: set[int] = set()  # processes a fault killed or froze
+        # wall time (this host's, = Postgres's clock_timestamp()) until which
+        # a process is known alive: killed by a fault, or retired (warm shutdown)
+        self.alive_until: dict[int, float] = {}
+        self.frozen_windows: dict[int, list[tuple[float, float]]] = collections.defaultdict(list)
+        self.skewed: set[Worker] = set()  # clock_ahead workers (and their replacements)
+        self.skewed_pids: set[int] = set()
+        self.gil_workflows: set[str] = set()
+        self.retiring: list[threading.Thread] = []
 
     # --- setting up -----------------------------------------------------------
 
@@ -135,10 +160,34 @@ class Chaos:
         from tests.chaos.workflows import metadata
 
         metadata.create_all(self.engine)
+        self.install_claim_audit()
         self.client = DurableClient(settings=Settings(
             home=str(self.dir / "home"), database_url=self.database_url,
             broker_url=self.broker_url, redelivery_seconds=self.args.redelivery,
         ))
+
+    def install_claim_audit(self) -> None:
+        """Every claim (a new lease epoch) leaves a row in `chaos_claims`,
+        written by a trigger in the claim's own transaction: who held the
+        lease, until when, who took it and at what time on Postgres's clock,
+        and whether it counted a recovery. The driver's own record, not
+        durable's: invariant 8 compares it with the processes the faults
+        killed, froze or left alone."""
+        with self.engine.begin() as conn:
+            conn.execute(text(
+                "CREATE TABLE chaos_claims (id bigserial PRIMARY KEY, workflow_id text NOT NULL,"
+                " at_ms double precision NOT NULL, old_owner text, old_expires_ms bigint, new_owner text,"
+                " new_epoch int, old_recoveries int, new_recoveries int, old_status text, new_status text)"))
+            conn.execute(text(
+                "CREATE FUNCTION chaos_log_claim() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                " INSERT INTO chaos_claims (workflow_id, at_ms, old_owner, old_expires_ms, new_owner,"
+                " new_epoch, old_recoveries, new_recoveries, old_status, new_status) VALUES"
+                " (NEW.workflow_id, extract(epoch FROM clock_timestamp()) * 1000, OLD.lease_owner,"
+                " OLD.lease_expires_at_ms, NEW.lease_owner, NEW.lease_epoch, OLD.recovery_attempts,"
+                " NEW.recovery_attempts, OLD.status, NEW.status); RETURN NULL; END $$"))
+            conn.execute(text(
+                "CREATE TRIGGER chaos_claims AFTER UPDATE ON durable_workflows FOR EACH ROW"
+                " WHEN (NEW.lease_epoch IS DISTINCT FROM OLD.lease_epoch) EXECUTE FUNCTION chaos_log_claim()"))
 
     @property
     def broker_url(self) -> str:
@@ -158,13 +207,64 @@ class Chaos:
             **extra,
         )
 
-    def new_worker(self, wait: bool = False) -> Worker:
+    def new_worker(self, wait: bool = False, skewed: bool = False) -> Worker:
+        """A general worker; `skewed`: one whose processes' wall clock reads
+        CLOCK_AHEAD_S ahead (libfaketime), which also consumes CLOCK_QUEUE."""
         n = len(self.all_workers)
-        worker = Worker(self.worker_env(), self.dir / f"worker{n}.log",
-                        concurrency=self.args.concurrency, name=f"chaos{n}")
+        if skewed:
+            from tests.chaos.skew import skewed_env
+
+            worker = Worker(skewed_env(self.worker_env(), CLOCK_AHEAD_S), self.dir / f"worker{n}-clock.log",
+                            concurrency=self.args.concurrency, queues=f"celery,{CLOCK_QUEUE}",
+                            name=f"chaos{n}clock")
+            self.skewed.add(worker)
+        else:
+            worker = Worker(self.worker_env(), self.dir / f"worker{n}.log",
+                            concurrency=self.args.concurrency, name=f"chaos{n}")
         self.all_workers.append(worker)
         worker.start(wait_ready=wait)
         return worker
+
+    def note_skewed_children(self) -> None:
+        for worker in list(self.skewed):
+            if worker.proc is not None:
+                self.skewed_pids.update(worker.children())
+
+    def replace_when_ready(self, newcomer: Worker, retiree: Worker) -> None:
+        try:
+            newcomer.wait_ready(120)
+        except RuntimeError as exc:  # killed by another fault meanwhile, or slow: retire anyway
+            log(f"{newcomer.name} not ready ({str(exc).splitlines()[0]}); retiring {retiree.name} anyway")
+        with self.lock:
+            if retiree not in self.workers or retiree.proc is None or retiree.proc.poll() is not None:
+                return  # a fault killed it meanwhile (and replaced it)
+            self.workers.remove(retiree)
+            log(f"{newcomer.name} is ready: warm shutdown of {retiree.name}")
+            self.retire(retiree)
+
+    def retire(self, worker: Worker) -> None:
+        """A warm shutdown (SIGTERM to the main process only: running steps
+        finish, their leases still renewed), SIGKILL after 60 s; in a thread."""
+        children = worker.children()
+        proc = worker.proc
+        assert proc is not None
+        os.kill(proc.pid, signal.SIGTERM)
+
+        def wait() -> None:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                log(f"retired worker {worker.name} still running after 60 s: SIGKILL")
+                self.disturbed_pids.update(children)
+                self.alive_until.update({pid: time.time() for pid in children})
+                worker.kill_all()
+                return
+            # its children exited before it did (the pool waits for them)
+            self.alive_until.update({pid: time.time() for pid in children})
+
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        self.retiring.append(waiter)
 
     def memory_env(self) -> dict[str, str]:
         group = Path("/sys/fs/cgroup/memory") / f"durable-chaos-{uuid.uuid4().hex[:8]}"
@@ -311,7 +411,8 @@ class Chaos:
                         self.memory_worker = replacement
                     else:
                         self.workers.remove(worker)
-                        self.workers.append(self.new_worker())
+                        self.workers.append(self.new_worker(skewed=worker in self.skewed))
+                self.note_skewed_children()
 
     def live_workers(self) -> list[Worker]:
         return [w for w in self.workers if w.proc is not None and w.proc.poll() is None]
@@ -326,15 +427,18 @@ class Chaos:
             running = [(w, c) for w, c in candidates if c in busy]
             worker, child = rng.choice(running or candidates)
             self.disturbed_pids.add(child)
+            self.alive_until[child] = time.time()
             os.kill(child, signal.SIGKILL)
             return f"SIGKILL child {child} of {worker.name}{' (running a workflow)' if running else ''}"
         if kind == "kill_worker":
             worker = self.pick_worker()
+            self.note_skewed_children()
             self.disturbed_pids.update(worker.children())
             self.disturbed_pids.add(worker.pid)
+            self.alive_until.update({pid: time.time() for pid in worker.children()})
             worker.kill_all()
             self.workers.remove(worker)
-            replacement = self.new_worker()
+            replacement = self.new_worker(skewed=worker in self.skewed)  # the same host comes back
             self.workers.append(replacement)
             return f"SIGKILL worker {worker.name} (main and children); started {replacement.name}"
         if kind == "freeze_worker":
@@ -343,9 +447,13 @@ class Chaos:
             self.disturbed_pids.add(worker.pid)
             self.frozen_pids.update(worker.children())
             frozen_s = self.args.lease * 2 + 2 + rng.random() * 2
+            children = worker.children()
+            stopped_at = time.time()
             os.killpg(worker.pid, signal.SIGSTOP)
             time.sleep(frozen_s)
             os.killpg(worker.pid, signal.SIGCONT)
+            for pid in children:
+                self.frozen_windows[pid].append((stopped_at, time.time()))
             return f"SIGSTOP {worker.name} for {frozen_s:.1f}s (lease {self.args.lease}s), then SIGCONT"
         if kind == "oom":
             workflow_id = f"c{self.seed}-hog-{self.report.faults['oom']}"
@@ -355,6 +463,43 @@ class Chaos:
             with self.lock:
                 self.enqueued.append((workflow_id, "chaos_hog", {}))
             return f"{workflow_id} allocates {self.args.memory_limit_mb * 2} MB under a {self.args.memory_limit_mb} MB limit"
+        if kind == "gil_hold":
+            hold_s = round(self.args.lease * GIL_LEASES, 2)
+            ids = []
+            for j in range(GIL_WORKFLOWS):
+                workflow_id = f"c{self.seed}-gil-{self.report.faults['gil_hold']}-{j}"
+                self._retry("enqueue gil", lambda: self.client.enqueue(
+                    "chaos_gil", args=[hold_s], workflow_id=workflow_id,
+                ))
+                with self.lock:
+                    self.enqueued.append((workflow_id, "chaos_gil", {"seconds": hold_s}))
+                    self.gil_workflows.add(workflow_id)
+                ids.append(workflow_id)
+            return f"{', '.join(ids)}: a step holding the GIL {hold_s}s (lease {self.args.lease}s)"
+        if kind == "clock_ahead":
+            # a worker whose clock is ahead joins the pool; once it is ready, one
+            # other stops warmly (a non-skewed one while two or more are left)
+            self.note_skewed_children()
+            plain = [w for w in self.live_workers() if w not in self.skewed]
+            retiree = rng.choice(plain if len(plain) > 1 else self.live_workers())
+            newcomer = self.new_worker(skewed=True)
+            self.workers.append(newcomer)
+            waiter = threading.Thread(target=self.replace_when_ready, args=(newcomer, retiree), daemon=True)
+            waiter.start()
+            self.retiring.append(waiter)
+            # some of the load goes to the skewed workers for sure
+            ids = []
+            for j in range(CLOCK_WORKFLOWS):
+                params = dict(plain_steps=1 + j, flaky_failures=j % 3, with_child=j == 0, pause=0.05)
+                workflow_id = f"c{self.seed}-clock-{self.report.faults['clock_ahead']}-{j}"
+                self._retry("enqueue clock", lambda: self.client.enqueue(
+                    "chaos_order", kwargs=params, workflow_id=workflow_id, queue=CLOCK_QUEUE,
+                ))
+                with self.lock:
+                    self.enqueued.append((workflow_id, "chaos_order", params))
+                ids.append(workflow_id)
+            return (f"started {newcomer.name} (wall clock +{CLOCK_AHEAD_S}s), to replace "
+                    f"{retiree.name} (warm shutdown) once ready; {len(ids)} workflows on {CLOCK_QUEUE}")
         if kind in ("redis_restart", "redis_lose_data"):
             lose = kind == "redis_lose_data"
             self.redis.stop(hard=True)
@@ -437,6 +582,8 @@ class Chaos:
             held = conn.execute(text(
                 "SELECT count(*) FROM durable_workflows WHERE dedup_key IS NOT NULL"
                 " AND status IN ('ENQUEUED', 'PENDING')")).scalar()
+            claims = [dict(row) for row in conn.execute(text(
+                "SELECT * FROM chaos_claims ORDER BY id")).mappings()]
         effects = [json.loads(line) for line in self.effects.read_text().splitlines() if line.strip()] \
             if self.effects.exists() else []
 
@@ -501,6 +648,9 @@ class Chaos:
                     r.violate(f"{wid}: hog result {result} differs from its checkpoints")
                 if w["recovery_attempts"] < 1:
                     r.violate(f"{wid}: the memory hog was never OOM-killed (recovery_attempts=0)")
+            elif w["name"] == "chaos_gil":
+                if result != [output(wid, i) for i in range(3)]:
+                    r.violate(f"{wid}: gil result {result} differs from its checkpoints")
             elif w["name"] == "chaos_noop" and result != "noop":
                 r.violate(f"{wid}: noop returned {result!r}")
 
@@ -509,7 +659,7 @@ class Chaos:
         for e in effects:
             if e["out"] is not None:
                 produced[(e["wf"], e["step"])].add(e["out"])
-        plain_kinds = {"chaos_plain", "chaos_flaky", "chaos_hungry"}
+        plain_kinds = {"chaos_plain", "chaos_flaky", "chaos_hungry", "chaos_gil_step"}
         for (wid, step_id), s in steps.items():
             if s["status"] != "SUCCESS" or s["name"] not in plain_kinds | {"chaos_tx_write"}:
                 continue
@@ -604,11 +754,93 @@ class Chaos:
                 r.violate(f"{wid}: {len(lost_dead[wid])} executions observed lost by processes not alive "
                           f"(epochs {sorted(lost_dead[wid])}) but recovery_attempts={w['recovery_attempts']}")
 
+        self.check_live_processes(claims, effects)
+
         # 6. what the workers' logs say: duplicate deliveries skipped, zombie writes fenced
         for worker_log in self.dir.glob("worker*.log"):
             content = worker_log.read_text(errors="replace")
             r.skipped_deliveries += len(re.findall(r"succeeded in [0-9.]+s: 'skipped'", content))
             r.fenced_writes += content.count("was checkpointed by another execution")
+
+    def check_live_processes(self, claims: list[dict], effects: list[dict]) -> None:
+        """Invariant 8: a live process keeps its executions. Every takeover
+        (a claim of a lease another process held, from `chaos_claims`) is
+        classed by what the holder was at that instant: dead (killed by a
+        fault before it, OOM-killed, exited), frozen by a fault, or alive.
+        A takeover from a live process counts no recovery; and none at all
+        may hit a gil_hold workflow, or a clock-ahead worker's execution, or
+        be made by one, unless a fault froze the holder. No lease is taken
+        before it expires. The premises are checked too: gil_hold steps held
+        the GIL >= 3 leases, clock-ahead processes ran steps and read a
+        clock CLOCK_AHEAD_S ahead."""
+        r = self.report
+        lease_s = self.args.lease
+        baseline = time.time() - time.monotonic()  # this host's wall minus monotonic clock
+        skew_by_pid: dict[int, list[float]] = collections.defaultdict(list)
+        for e in effects:
+            if "wall_ms" in e:
+                skew_by_pid[e["pid"]].append(e["wall_ms"] / 1000 - e["mono"] - baseline)
+        skewed_pids = self.skewed_pids | {pid for pid, ks in skew_by_pid.items() if max(ks) > CLOCK_AHEAD_S / 2}
+        clock_skews = [k for pid in skewed_pids for k in skew_by_pid.get(pid, [])]
+        r.clock_steps = len(clock_skews)
+        if clock_skews:
+            r.clock_skew_s = (min(clock_skews), max(clock_skews))
+        if r.faults["clock_ahead"] and not clock_skews:
+            r.violate("clock_ahead: no step ran in a process whose clock reads ahead")
+        for pid, ks in skew_by_pid.items():
+            expected = CLOCK_AHEAD_S if pid in skewed_pids else 0
+            if any(abs(k - expected) > 5 for k in ks):
+                r.violate(f"pid {pid} read its wall clock {min(ks):+.1f}..{max(ks):+.1f}s off, expected {expected:+d}s")
+
+        held = [e["held"] for e in effects if e.get("kind") == "gil"]
+        r.gil_runs = len(held)
+        r.gil_held_min = min(held) if held else None
+        if r.faults["gil_hold"] and not held:
+            r.violate("gil_hold: no step held the GIL to its end")
+        for e in effects:
+            if e.get("kind") == "gil" and e["held"] < 3 * lease_s:
+                r.violate(f"{e['wf']}: the gil step held the GIL only {e['held']}s (pid {e['pid']}), "
+                          f"less than 3 x the {lease_s}s lease")
+
+        started = _process_start_times()
+
+        def alive_at(pid: int, at_s: float) -> bool:
+            if pid in self.alive_until:  # killed, or retired, at that time
+                return at_s < self.alive_until[pid]
+            # alive now, and since before then (not a reused pid): alive then;
+            # otherwise gone for a reason no fault recorded (OOM, an exit)
+            return started.get(pid, float("inf")) <= at_s
+
+        for c in claims:
+            old_pid = _pid_of(c["old_owner"])
+            new_pid = _pid_of(c["new_owner"])
+            if new_pid in skewed_pids:
+                r.clock_claims += 1
+            if old_pid is None or old_pid == new_pid:
+                continue
+            r.takeovers += 1
+            wid, at_s = c["workflow_id"], c["at_ms"] / 1000
+            if not alive_at(old_pid, at_s):
+                r.takeovers_of_dead += 1
+                continue
+            what = (f"{wid}: epoch {c['new_epoch']} taken by pid {new_pid} from pid {old_pid}, alive, "
+                    f"at {time.strftime('%H:%M:%S', time.localtime(at_s))}")
+            if c["old_expires_ms"] is not None and c["old_expires_ms"] > c["at_ms"] + 500:
+                r.violate(f"{what}: {c['old_expires_ms'] - c['at_ms']:.0f} ms before its lease expired")
+            if c["new_recoveries"] > c["old_recoveries"]:
+                r.recoveries_for_live += 1
+                r.violate(f"{what}: counted as a recovery")
+            if any(t0 <= at_s <= t1 + 2 * lease_s + 1 for t0, t1 in self.frozen_windows.get(old_pid, ())):
+                r.takeovers_of_live["frozen by a fault"] += 1
+            elif wid in self.gil_workflows:
+                r.takeovers_of_live["gil_hold"] += 1
+                r.violate(f"{what}: a gil_hold workflow taken over from its live process")
+            elif old_pid in skewed_pids or new_pid in skewed_pids:
+                r.takeovers_of_live["clock_ahead"] += 1
+                side = "by a clock-ahead process" if new_pid in skewed_pids else "from a clock-ahead process"
+                r.violate(f"{what}: taken over {side}")
+            else:
+                r.takeovers_of_live["lease not renewed in time"] += 1
 
     # --- the whole run ------------------------------------------------------------
 
@@ -655,6 +887,10 @@ class Chaos:
             r.violate(f"not drained {self.args.drain_timeout}s after the load")
         self.stop_supervisor.set()
         supervisor.join()
+        i = 0
+        while i < len(self.retiring):  # retire() adds its own waiter
+            self.retiring[i].join(timeout=180)
+            i += 1
         self.check()
         return r
 
@@ -690,6 +926,32 @@ class Chaos:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _pid_of(owner: str | None) -> int | None:
+    if not owner:
+        return None
+    pid = owner.rpartition(":")[2]
+    return int(pid) if pid.isdigit() else None
+
+
+def _process_start_times() -> dict[int, float]:
+    """Wall time each live (not zombie) process on this host started at."""
+    ticks_per_s = os.sysconf("SC_CLK_TCK")
+    uptime_s = float(Path("/proc/uptime").read_text().split()[0])
+    now = time.time()
+    started = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] in ("Z", "X"):
+            continue
+        started[int(entry.name)] = now - (uptime_s - int(fields[19]) / ticks_per_s)
+    return started
+
+
 def print_report(r: Report) -> None:
     print("\n=== chaos figures ===", flush=True)
     print(f"seed                      {r.seed}")
@@ -704,6 +966,16 @@ def print_report(r: Report) -> None:
           f"by frozen zombies {r.zombie_runs_fenced}; 'checkpointed by another execution' warnings "
           f"{r.fenced_writes})")
     print(f"workers that exited alone {r.worker_exits} (replaced by the driver's supervisor)")
+    live = sum(r.takeovers_of_live.values())
+    print(f"takeovers                 {r.takeovers} (of dead processes {r.takeovers_of_dead}; of live "
+          f"processes {live}" + (": " + ", ".join(f"{k} {v}" for k, v in sorted(r.takeovers_of_live.items()))
+                                 if live else "") + ")")
+    print(f"recoveries for live procs {r.recoveries_for_live}")
+    held = "n/a" if r.gil_held_min is None else f"{r.gil_held_min:.1f}s"
+    print(f"gil_hold steps            {r.gil_runs} ran to their end (GIL held at least {held} each)")
+    skew = "n/a" if r.clock_skew_s is None else f"{r.clock_skew_s[0]:+.1f}s..{r.clock_skew_s[1]:+.1f}s"
+    print(f"clock-ahead step runs     {r.clock_steps} (their wall clock read {skew} ahead; "
+          f"claims made by clock-ahead processes {r.clock_claims})")
     drain = "n/a" if r.drain_seconds is None else f"{r.drain_seconds:.1f}s"
     after_load = "n/a" if r.drain_after_load_seconds is None else f"{r.drain_after_load_seconds:.1f}s"
     print(f"drain after last fault    {drain} ({r.active_at_last_fault} workflows not terminal at the "

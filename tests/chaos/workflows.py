@@ -11,6 +11,11 @@ execution's (a zombie overwriting the new owner would show here).
 
 The @transaction step writes one row to the application table `chaos_tx`
 (no unique constraint on purpose: a second commit would show as a second row).
+
+Each line also carries the process's wall clock as durable reads it
+(`SYSTEM_CLOCK.now_ms()`, i.e. `time.time()`) next to its monotonic clock:
+the driver tells from them how far ahead a worker's clock was (the
+`clock_ahead` fault runs workers under libfaketime).
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ from celery.signals import worker_process_init
 from sqlalchemy import Column, Integer, MetaData, String, Table, insert
 
 import durable
+from durable.clock import SYSTEM_CLOCK
 from durable.context import current_execution
+from tests.lease_workflows import hold_the_gil
 from workers.app import dur
 
 metadata = MetaData()
@@ -64,13 +71,14 @@ def _nonce() -> str:
     return f"{ctx.workflow_id}/{ctx.step_id}/{uuid.uuid4().hex[:12]}"
 
 
-def _record(kind: str, value_in: str | None, value_out: str | None) -> None:
+def _record(kind: str, value_in: str | None, value_out: str | None, **extra: object) -> None:
     ctx = durable.context()
     execution = current_execution()
     line = json.dumps({
         "wf": ctx.workflow_id, "step": ctx.step_id, "name": ctx.step_name, "kind": kind,
         "in": value_in, "out": value_out, "pid": os.getpid(),
         "epoch": execution.epoch if execution else None, "attempt": ctx.attempt,
+        "wall_ms": SYSTEM_CLOCK.now_ms(), "mono": time.monotonic(), **extra,
     }, separators=(",", ":")) + "\n"
     path = os.environ.get("DURABLE_CHAOS_EFFECTS", "/tmp/durable-chaos-effects.log")
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -155,6 +163,25 @@ def chaos_hungry(prev: str, megabytes: int) -> str:
 def chaos_hog(megabytes: int) -> list:
     a = chaos_plain("start", 0.0)
     b = chaos_hungry(a, megabytes)
+    c = chaos_plain(b, 0.0)
+    return [a, b, c]
+
+
+@dur.step()
+def chaos_gil_step(prev: str, seconds: float) -> str:
+    """One C call that holds the GIL for `seconds` (3 x the lease and more):
+    no thread of this process runs meanwhile, so the lease must be kept by
+    the worker's main process."""
+    out = _nonce()
+    held = hold_the_gil(seconds)
+    _record("gil", prev, out, held=round(held, 3))
+    return out
+
+
+@dur.workflow(max_recovery_attempts=MAX_RECOVERY)
+def chaos_gil(seconds: float) -> list:
+    a = chaos_plain("start", 0.0)
+    b = chaos_gil_step(a, seconds)
     c = chaos_plain(b, 0.0)
     return [a, b, c]
 
