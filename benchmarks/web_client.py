@@ -15,11 +15,14 @@ Starts its own Postgres and Redis on loopback and one durable worker
   for contrast, with the notification ignored (backed-off polling, as on
   SQLite).
 - enqueue: p50/p99 of `n` calls each, interleaved (A B C ..., then again),
-  no worker consuming meanwhile: `wf.start()` (a `Durable` app in this
+  no worker consuming meanwhile, each call timed alone (durable's thread
+  that publishes after a start has returned is idle when each call begins): `wf.start()` (a `Durable` app in this
   process), `DurableClient.enqueue()`, `await client.enqueue_async()` (on
   one event loop), `enqueue(..., transaction=session)` inside a SQLAlchemy
   Session's transaction (the commit included), and Celery's
-  `task.apply_async()` of a no-op task on the same Redis.
+  `task.apply_async()` of a no-op task on the same Redis; and, for scale,
+  durable's INSERT statement alone through psycopg (the one commit a start
+  waits for).
 """
 
 from __future__ import annotations
@@ -95,6 +98,16 @@ def enqueue_latencies(dur: Any, client: Any, engine: Any, celery_task: Any, n: i
 
     workflow = dur.registry["bench.steps"]
     loop = asyncio.new_event_loop()
+    # the commit a start waits for, alone: durable's own INSERT through psycopg
+    import psycopg
+    from durable.starting import new_workflow_row
+    raw = psycopg.connect(str(engine.url).replace("+psycopg", ""), autocommit=True)
+    statement = client.store._insert_statement(tuple(sorted(new_workflow_row(client.settings, "x", [1], {}))))
+    sql, constants = statement._driver_sql()
+
+    def sql_insert() -> None:
+        row = new_workflow_row(client.settings, "bench.steps", [1], {}, clock=client.clock)
+        raw.execute(sql, {**constants, **{f"v_{k}": v for k, v in row.items()}}).fetchone()
 
     def in_session() -> None:
         with Session(engine) as session, session.begin():
@@ -103,22 +116,42 @@ def enqueue_latencies(dur: Any, client: Any, engine: Any, celery_task: Any, n: i
     calls: dict[str, Callable[[], Any]] = {
         "start()": lambda: workflow.start(1),
         "enqueue()": lambda: client.enqueue("bench.steps", args=[1]),
-        "enqueue_async()": lambda: loop.run_until_complete(client.enqueue_async("bench.steps", args=[1])),
+        "enqueue_async()": lambda: loop.run_until_complete(timed_await()),
         "enqueue(transaction=session) + commit": in_session,
         "celery apply_async()": lambda: celery_task.apply_async(args=[0]),
+        "psycopg INSERT alone": lambda: sql_insert(),
     }
     if not hasattr(client, "enqueue_async"):
         del calls["enqueue_async()"]
+    awaited: list[float] = []
+
+    async def timed_await() -> None:
+        # timed inside the running loop, as a server awaits it (starting and
+        # stopping the loop around each call is the benchmark's, not the call's)
+        started = time.perf_counter()
+        await client.enqueue_async("bench.steps", args=[1])
+        awaited.append((time.perf_counter() - started) * 1e6)
+
+    def settle() -> None:
+        # Each call is timed alone: durable's publish thread (background_publish.py)
+        # finishes the previous call's publish first, so that work, done after
+        # the call returned, lands in no call's time (durable's, or Celery's).
+        for publisher in (dur.start_dispatcher, client.start_dispatcher):
+            if hasattr(publisher, "flush"):
+                publisher.flush()
+
     for call in calls.values():  # warm up: connections, compiled statements
         for _ in range(20):
             call()
+    awaited.clear()
     figures: dict[str, list[float]] = {name: [] for name in calls}
     order = list(calls)
     for i in range(n):
         for name in order if i % 2 == 0 else reversed(order):
+            settle()
             started = time.perf_counter()
             calls[name]()
-            figures[name].append((time.perf_counter() - started) * 1e6)
+            figures[name].append(awaited.pop() if awaited else (time.perf_counter() - started) * 1e6)
     loop.close()
     return figures
 

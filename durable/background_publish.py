@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 
 from .dispatch import Dispatcher
@@ -29,6 +30,7 @@ from .dispatch import Dispatcher
 logger = logging.getLogger("durable.dispatch")
 
 FLUSH_SECONDS = 5.0
+LINGER_SECONDS = 0.002
 
 _Message = tuple[str, str, str, int]
 
@@ -78,6 +80,11 @@ class BackgroundDispatcher:
         pending, markers = self._pending, self._markers
         while True:
             message = pending.get()
+            if pending.empty():
+                # Let the caller's thread run on first: publishing holds the
+                # GIL for most of a millisecond, which would land in the time
+                # of the request that just started a workflow.
+                time.sleep(LINGER_SECONDS)
             if message is None:
                 markers.pop(0).set()
                 continue
