@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -91,7 +91,9 @@ def test_list_workflow_cancel_in_a_browser(browser: WebDriver, tmp_path: Path) -
     client = DurableClient(settings=Settings(home=str(tmp_path / "home"), database_url=f"sqlite:///{tmp_path / 'x.sqlite3'}"))
     now_ms = int(time.time() * 1000)
     parent = _rows(client, now_ms)
-    wait = WebDriverWait(browser, WAIT_SECONDS)
+    # An action's POST loads a new page (and a live update swaps a part of
+    # one): an element found just before that is stale when read. Look again.
+    wait = WebDriverWait(browser, WAIT_SECONDS, ignored_exceptions=[StaleElementReferenceException])
     app = create_app(client, prefix="/ops", auth=NO_AUTH, allowed_hosts=LOOPBACK_HOSTS, poll_seconds=0.3)
     with serving(app) as url:
         # the list: counts per status, every workflow; then filter by text in the ID
