@@ -26,15 +26,11 @@ from .context import current_execution, in_workflow_code
 from .database import Database, retry_while_unavailable
 from .background_publish import BackgroundDispatcher
 from .dispatch import CeleryDispatcher, Dispatcher, configure_app, publish_if_runnable
-from .db_errors import is_transient
 from .errors import (
-    DatabaseUnavailableError,
     DuplicateWorkflowError,
     SerializationError,
-    UnknownWorkflowError,
     WorkflowNotFoundError,
 )
-from .inputs import check_against_schema
 from .records import (
     ErrorInfo,
     Status,
@@ -46,11 +42,11 @@ from .records import (
 from .retry import Backoff
 from .settings import Settings
 from .in_transaction import InTransaction, start_in_transaction
-from .starting import START_WAIT_SECONDS, StartOptions, check_name, new_workflow_row, start_workflow
+from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import DedupConflict, Store
 from .store.db_clock import database_clock
 from .store.listen import EndedListener
-from .store.workflow_schemas import workflow_schema
+from .recorded_inputs import RecordedInputs
 
 __all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
 
@@ -58,7 +54,6 @@ __all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
 # connection to come up, and the slow poll kept as a safety net meanwhile.
 LISTEN_WAIT_SECONDS = 2.0
 # Names of durable's own workflows (dispatched steps, canvases): never recorded.
-INTERNAL_PREFIX = "durable."
 SAFETY_POLL_FIRST_SECONDS = 0.5
 SAFETY_POLL_MAX_SECONDS = 5.0
 
@@ -555,62 +550,6 @@ class DurableClient(Management):
             allow_unknown=allow_unknown,
         )
         return await asyncio.get_running_loop().run_in_executor(None, call)
-
-
-class RecordedInputs:
-    """The parameters workers recorded for each workflow, as a client checks
-    arguments against them. A workflow's record is kept for
-    CACHE_SECONDS (a deploy that changes a signature is seen that late)."""
-
-    CACHE_SECONDS = 10.0
-
-    def __init__(self, db: Database, clock: Clock):
-        self.db = db
-        self.clock = clock
-        # name -> (read at, any workflow recorded, its parameters or None, validators)
-        self._cache: dict[str, tuple[float, bool, dict[str, Any] | None, dict[str, Any]]] = {}
-
-    def check(
-        self, workflow_name: str, args: Sequence[Any], kwargs: dict[str, Any], allow_unknown: bool
-    ) -> None:
-        """WorkflowInputError when the arguments do not fit the recorded
-        parameters; UnknownWorkflowError for a name never recorded (unless
-        allowed, or nothing is recorded at all)."""
-        if workflow_name.startswith(INTERNAL_PREFIX):  # dispatched steps, canvases: not recorded
-            return
-        cached = self._cache.get(workflow_name)
-        fresh = cached is None or self.clock.monotonic() - cached[0] > self.CACHE_SECONDS
-        if fresh:
-            cached = self._read(workflow_name)
-        assert cached is not None
-        _, any_recorded, recorded, validators = cached
-        if recorded is None and any_recorded and not allow_unknown:
-            if not fresh:  # a refusal is never from the cache: a worker may have just recorded it
-                self._cache.pop(workflow_name)
-                return self.check(workflow_name, args, kwargs, allow_unknown)
-            raise UnknownWorkflowError(
-                f"no worker has registered a workflow named {workflow_name!r} (workers record "
-                "theirs at start): check the name, or pass allow_unknown=True to enqueue it "
-                "for workers yet to come; nothing was written"
-            )
-        if recorded is not None:
-            check_against_schema(workflow_name, recorded, args, kwargs, validators)
-
-    def _read(self, workflow_name: str) -> tuple[float, bool, dict[str, Any] | None, dict[str, Any]]:
-        try:
-            any_recorded, text = retry_while_unavailable(
-                lambda: workflow_schema(self.db, workflow_name), "reading a workflow's parameters",
-                give_up_after_seconds=START_WAIT_SECONDS, clock=self.clock,
-            )
-        except Exception as exc:
-            if is_transient(exc):
-                raise DatabaseUnavailableError(
-                    f"could not start workflow {workflow_name!r}: the database is unavailable ({exc})"
-                ) from exc
-            raise
-        recorded = None if text is None else json.loads(text)
-        entry = self._cache[workflow_name] = (self.clock.monotonic(), any_recorded, recorded, {})
-        return entry
 
 
 def _to_ms(value: Any) -> int | None:
