@@ -131,11 +131,15 @@ class ExecutionSql(StoreBase):
             wid=workflow_id, owner=owner, now=now_ms, lease_until=now_ms + lease_ms,
             default_max=default_max_recovery, version=self.app_version,
         ))
-        if row is None:
-            return None
-        # Nobody else writes this workflow's steps while we hold the lease,
-        # so reading them after the claim sees what a transaction would.
-        step_rows = self.steps_of(workflow_id) if row["has_steps"] else {}
+        return None if row is None else self._unleased_claim(workflow_id, row)
+
+    def _unleased_claim(
+        self, workflow_id: str, row: Mapping[str, Any], conn: Connection | None = None
+    ) -> Claim:
+        """The Claim that the unleased claim's RETURNING row makes (no recovery).
+        Nobody else writes this workflow's steps while we hold the lease, so
+        reading them after the claim sees what a transaction would."""
+        step_rows = self.steps_of(workflow_id, conn) if row["has_steps"] else {}
         return Claim.of(
             workflow_id, row, status=Status.PENDING.value, epoch=row["lease_epoch"],
             recovered=False, recovery_attempts=row["recovery_attempts"],

@@ -120,12 +120,7 @@ class FlowSql(ExecutionSql):
             ), conn)
             if claimed is None:
                 return NOT_GATED
-            step_rows = self.steps_of(workflow_id, conn) if claimed["has_steps"] else {}
-        return Claim.of(
-            workflow_id, claimed, status=Status.PENDING.value, epoch=claimed["lease_epoch"],
-            recovered=False, recovery_attempts=claimed["recovery_attempts"],
-            max_recovery_attempts=claimed["max_recovery_attempts"], steps=step_rows,
-        )
+            return self._unleased_claim(workflow_id, claimed, conn)
 
     def _claim_gated_in_one_statement(
         self, workflow_id: str, queue: str, owner: str, now_ms: int, lease_ms: int, default_max_recovery: int,
@@ -146,12 +141,7 @@ class FlowSql(ExecutionSql):
             return HELD
         if row["lease_epoch"] is None:  # passed the gate, yet not claimable (say, leased meanwhile)
             return NOT_GATED
-        step_rows = self.steps_of(workflow_id) if row["has_steps"] else {}
-        return Claim.of(
-            workflow_id, row, status=Status.PENDING.value, epoch=row["lease_epoch"],
-            recovered=False, recovery_attempts=row["recovery_attempts"],
-            max_recovery_attempts=row["max_recovery_attempts"], steps=step_rows,
-        )
+        return self._unleased_claim(workflow_id, row)
 
     def _gate(self, conn: Any, limits: QueueLimits, row: Any, now_ms: int) -> int | None | bool:
         """False: it may start. Otherwise when to look again: None (when a
