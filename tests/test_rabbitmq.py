@@ -28,6 +28,9 @@ def test_a_purged_queue_loses_no_workflow(backend, client, start_worker, effects
     """Messages published while no worker runs, then purged from RabbitMQ:
     the sweeper of the worker that starts later publishes them again."""
     handles = [client.enqueue("ten_steps") for _ in range(3)]
+    # enqueue returns at its row's commit and publishes from a thread just
+    # after; wait for those publishes so the purge below finds all three.
+    assert client.start_dispatcher.flush()
     with Connection(backend.broker_url, connect_timeout=10) as conn:
         purged = conn.channel().queue_purge("celery")
     assert purged == 3
