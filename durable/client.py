@@ -14,7 +14,7 @@ import functools
 import json
 import threading
 import uuid
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from celery import Celery
 
@@ -24,6 +24,7 @@ from . import tracing
 from .clock import SYSTEM_CLOCK, Clock
 from .context import current_execution, in_workflow_code
 from .database import Database, retry_while_unavailable
+from .async_start import AsyncStarts
 from .background_publish import BackgroundDispatcher
 from .dispatch import CeleryDispatcher, Dispatcher, configure_app, publish_if_runnable
 from .errors import (
@@ -42,11 +43,13 @@ from .records import (
 from .retry import Backoff
 from .settings import Settings
 from .in_transaction import InTransaction, start_in_transaction
-from .starting import StartOptions, check_name, new_workflow_row, start_workflow
+from .starting import StartOptions, check_name, new_workflow_row, publish_if_created, start_workflow
 from .store import DedupConflict, Store
 from .store.db_clock import database_clock
 from .store.listen import EndedListener
 from .recorded_inputs import RecordedInputs
+
+T = TypeVar("T")
 
 __all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
 
@@ -452,6 +455,7 @@ class DurableClient(Management):
         self.start_dispatcher = BackgroundDispatcher(self.dispatcher)  # enqueue returns at its commit
         self._in_transaction: InTransaction | None = None
         self._recorded_inputs = RecordedInputs(store.db, self.clock)
+        self._async_starts = AsyncStarts(store.db, lambda columns: store._insert_statement(columns)._driver_sql())
 
     @tracing.enqueue_traced
     def enqueue(
@@ -493,22 +497,14 @@ class DurableClient(Management):
 
         `partition_key`, `delay`, `start_at` and `debounce` are the flow
         control options of `.options()` (docs/flow-control-and-schedules.md)."""
-        if not isinstance(workflow_name, str) or not workflow_name:
-            raise ValueError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
-        options = StartOptions(  # validates the options the same way start() does
-            workflow_id=workflow_id, dedup_key=dedup_key, queue=queue, priority=priority,
-            timeout=timeout, on_duplicate=on_duplicate, max_recovery_attempts=max_recovery_attempts,
-            partition_key=partition_key, delay=delay, start_at=start_at, debounce=debounce,
+        row = self._checked_row(
+            workflow_name, args, kwargs, allow_unknown, workflow_id=workflow_id, queue=queue,
+            dedup_key=dedup_key, priority=priority, timeout=timeout, on_duplicate=on_duplicate,
+            max_recovery_attempts=max_recovery_attempts, partition_key=partition_key, delay=delay,
+            start_at=start_at, debounce=debounce,
         )
         if debounce is not None and transaction is not None:
             raise ValueError("debounce replaces a pending workflow's inputs: not inside a caller's transaction")
-        row = new_workflow_row(
-            self.settings, workflow_name, args, kwargs or {}, workflow_id=workflow_id, queue=queue,
-            dedup_key=dedup_key, priority=priority, timeout_seconds=timeout,
-            max_recovery_attempts=max_recovery_attempts, clock=self.clock,
-            partition_key=partition_key, start_at_ms=options.start_at_ms(self.clock.now_ms()),
-        )
-        self._recorded_inputs.check(workflow_name, args, kwargs or {}, allow_unknown)
         if transaction is not None:
             if self._in_transaction is None:
                 self._in_transaction = InTransaction(self.store, self.start_dispatcher, self.clock)
@@ -518,6 +514,25 @@ class DurableClient(Management):
                 self.store, self.start_dispatcher, row, on_duplicate, self.clock, debounce=debounce is not None
             )
         return WorkflowHandle(workflow_id, self)
+
+    def _checked_row(
+        self, workflow_name: str, args: Sequence[Any], kwargs: dict[str, Any] | None, allow_unknown: bool,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """The new workflow's row, once the options and the arguments were
+        checked (against the recorded parameters too): nothing is written
+        for bad input."""
+        if not isinstance(workflow_name, str) or not workflow_name:
+            raise ValueError(f"workflow_name must be a non-empty string, got {workflow_name!r}")
+        opts = StartOptions(**options)  # validates the options the same way start() does
+        row = new_workflow_row(
+            self.settings, workflow_name, args, kwargs or {}, workflow_id=opts.workflow_id, queue=opts.queue,
+            dedup_key=opts.dedup_key, priority=opts.priority, timeout_seconds=opts.timeout,
+            max_recovery_attempts=opts.max_recovery_attempts, clock=self.clock,
+            partition_key=opts.partition_key, start_at_ms=opts.start_at_ms(self.clock.now_ms()),
+        )
+        self._recorded_inputs.check(workflow_name, args, kwargs or {}, allow_unknown)
+        return row
 
     async def enqueue_async(
         self,
@@ -532,23 +547,59 @@ class DurableClient(Management):
         max_recovery_attempts: int | None = None,
         on_duplicate: str = "raise",
         allow_unknown: bool = False,
+        partition_key: str | None = None,
+        delay: float | None = None,
+        start_at: dt.datetime | None = None,
+        debounce: float | None = None,
     ) -> WorkflowHandle:
-        """`enqueue()` for asyncio code (FastAPI, Starlette): the insert and the
-        publish run in the loop's default executor, so the loop keeps
-        serving meanwhile. Both are blocking calls underneath (SQLAlchemy's
-        engine, kombu's producer): an executor thread is what keeps them off
-        the loop without a second, async copy of the store. To enqueue in an
-        `AsyncSession`'s transaction, run the sync call on its session:
-        `await session.run_sync(lambda s: client.enqueue(..., transaction=s))`."""
+        """`enqueue()` for asyncio code (FastAPI, Starlette). On Postgres a
+        plain start (no dedup key) is one INSERT awaited on the running loop
+        (durable/async_start.py); the message is published after it by
+        durable's publishing thread, as for `enqueue()`. What needs more than
+        that INSERT (a dedup key, a database that is away, the first look at
+        a workflow's recorded parameters, SQLite) runs the synchronous
+        enqueue in the loop's executor, so the loop keeps serving meanwhile.
+        To enqueue in an `AsyncSession`'s transaction, run the sync call on
+        its session: `await session.run_sync(lambda s: client.enqueue(..., transaction=s))`."""
+        options = dict(
+            workflow_id=workflow_id, queue=queue, dedup_key=dedup_key, priority=priority, timeout=timeout,
+            on_duplicate=on_duplicate, max_recovery_attempts=max_recovery_attempts,
+            partition_key=partition_key, delay=delay, start_at=start_at, debounce=debounce,
+        )
+        if not (self._async_starts.ready() and self._recorded_inputs.known(workflow_name, allow_unknown)):
+            return await self._in_executor(self.enqueue, workflow_name, args, kwargs, allow_unknown=allow_unknown,
+                                           **options)
+        with tracing.enqueue_span(str(workflow_name), queue):
+            row = self._checked_row(workflow_name, args, kwargs, allow_unknown, **options)
+            if not self._async_starts.handles(row) or debounce is not None:
+                workflow_id = await self._in_executor(
+                    start_workflow, self.store, self.start_dispatcher, row, on_duplicate, self.clock,
+                    debounce=debounce is not None,
+                )
+                return WorkflowHandle(workflow_id, self)
+            import psycopg
+
+            try:
+                result = await self._async_starts.insert(row)
+            except psycopg.Error:
+                # away or refused: the synchronous start, with the same row (so
+                # the same ID, if the INSERT did commit), waits or says why
+                workflow_id = await self._in_executor(
+                    start_workflow, self.store, self.start_dispatcher, row, on_duplicate, self.clock,
+                )
+                return WorkflowHandle(workflow_id, self)
+            publish_if_created(self.start_dispatcher, row, result.created, self.clock)
+            return WorkflowHandle(result.workflow_id, self)
+
+    def close(self) -> None:
+        self._async_starts.close()
+        super().close()
+
+    @staticmethod
+    async def _in_executor(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         # in this context (the request's span, its context variables): the
         # loop's executor does not carry it into its thread by itself
-        call = functools.partial(
-            contextvars.copy_context().run, self.enqueue, workflow_name, args, kwargs,
-            workflow_id=workflow_id, queue=queue,
-            dedup_key=dedup_key, priority=priority, timeout=timeout,
-            max_recovery_attempts=max_recovery_attempts, on_duplicate=on_duplicate,
-            allow_unknown=allow_unknown,
-        )
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(None, call)
 
 

@@ -31,7 +31,7 @@ T = TypeVar("T")
 
 VERSION_TABLE = "durable_alembic_version"
 # A server that does not answer is "unavailable" after this, not a hang.
-_POSTGRES_CONNECT_ARGS = {"connect_timeout": 10}
+POSTGRES_CONNECT_ARGS = {"connect_timeout": 10}
 _MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -122,7 +122,7 @@ class Database:
                     self._autocommit_engine = create_engine(
                         self.url, echo=self.echo, pool_size=5, max_overflow=10,
                         pool_recycle=3600, isolation_level="AUTOCOMMIT",
-                        connect_args=_POSTGRES_CONNECT_ARGS,
+                        connect_args=POSTGRES_CONNECT_ARGS,
                     )
         return self._autocommit_engine
 
@@ -138,7 +138,7 @@ class Database:
             return engine
         return create_engine(
             self.url, echo=self.echo, pool_size=5, max_overflow=10, pool_recycle=3600,
-            connect_args=_POSTGRES_CONNECT_ARGS,
+            connect_args=POSTGRES_CONNECT_ARGS,
         )
 
     @contextmanager
@@ -227,6 +227,11 @@ class Database:
         self._autocommit_engine = None
 
     # --- migrations ----------------------------------------------------------
+
+    @property
+    def schema_checked(self) -> bool:
+        """Whether ensure_schema() has run to its end in this process."""
+        return self._migrated
 
     def ensure_schema(self) -> None:
         """Once per process: migrate (auto-migration on), or check that the

@@ -57,6 +57,16 @@ class RecordedInputs:
         if recorded is not None:
             check_against_schema(workflow_name, recorded, args, kwargs, validators)
 
+    def known(self, workflow_name: str, allow_unknown: bool) -> bool:
+        """Whether check() would decide from what it holds, reading nothing."""
+        if workflow_name.startswith(INTERNAL_PREFIX):
+            return True
+        cached = self._cache.get(workflow_name)
+        if cached is None or self.clock.monotonic() - cached[0] > self.CACHE_SECONDS:
+            return False
+        _, any_recorded, recorded, _ = cached
+        return recorded is not None or not any_recorded or allow_unknown
+
     def _read(self, workflow_name: str) -> tuple[float, bool, dict[str, Any] | None, dict[str, Any]]:
         try:
             any_recorded, text = retry_while_unavailable(

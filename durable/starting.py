@@ -196,7 +196,13 @@ def start_workflow(
                 f"could not start workflow {row['name']!r}: the database is unavailable ({exc})"
             ) from exc
         raise
-    delayed = row.get("start_at_ms") is not None and row["start_at_ms"] > clock.now_ms()
-    if result.created and not delayed:
-        dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])
+    publish_if_created(dispatcher, row, result.created, clock)
     return str(row["workflow_id"])
+
+
+def publish_if_created(dispatcher: Dispatcher, row: dict[str, Any], created: bool, clock: Clock) -> None:
+    """Ring the broker for a row just inserted; a delayed one waits for its
+    database timer instead."""
+    delayed = row.get("start_at_ms") is not None and row["start_at_ms"] > clock.now_ms()
+    if created and not delayed:
+        dispatcher.publish(row["workflow_id"], row["name"], row["queue"], row["priority"])

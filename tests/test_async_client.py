@@ -6,6 +6,7 @@ Postgres, Redis and a worker; each test drives its own loop with
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,77 @@ def test_sqlite_waits_async_by_polling(tmp_path: Path) -> None:
         return ticker.ticks
 
     assert asyncio.run(main()) > 5
+
+
+class NoThreads(ThreadPoolExecutor):
+    """A loop's default executor that refuses work: a call that needs a
+    thread fails the test instead of running."""
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the loop's executor was used")
+
+
+def test_a_plain_async_enqueue_awaits_its_insert_on_the_loop(client: DurableClient, start_worker, effects_dir):
+    """Once the workflow's recorded parameters are known, a start without a
+    dedup key is one INSERT awaited on the loop: no executor thread. The
+    same ID twice is one workflow; bad input is refused there too."""
+    start_worker()
+
+    async def main() -> list[Any]:
+        await client.enqueue_async("ten_steps", workflow_id="warm-up")  # reads the parameters (executor)
+        asyncio.get_running_loop().set_default_executor(NoThreads())
+        first = await client.enqueue_async("ten_steps", workflow_id="a-1")
+        again = await client.enqueue_async("ten_steps", workflow_id="a-1")
+        fresh = await client.enqueue_async("ten_steps")
+        with pytest.raises(TypeError):
+            await client.enqueue_async("ten_steps", args="not a list")
+        return [first, again, fresh]
+
+    first, again, fresh = asyncio.run(main())
+    assert first.workflow_id == again.workflow_id == "a-1"
+    for handle in (first, fresh):
+        assert handle.result(timeout=60)["sum"] == 385
+    assert sorted(w.workflow_id for w in client.list_workflows()) == sorted(["warm-up", "a-1", fresh.workflow_id])
+
+
+def test_an_async_enqueue_whose_connection_was_cut_starts_once(client: DurableClient, backend: Backend,
+                                                                 start_worker, effects_dir):
+    """The server ends the loop's idle connection (a restart, a pooler's
+    timeout): the next enqueue_async still starts its workflow, once, by the
+    synchronous path with the same row."""
+    import psycopg
+
+    start_worker()
+    admin = psycopg.connect(backend.database_url.replace("+psycopg", ""), autocommit=True)
+
+    async def main() -> tuple[Any, Any]:
+        first = await client.enqueue_async("ten_steps", workflow_id="c-1")
+        second = await client.enqueue_async("ten_steps", workflow_id="c-2")  # on the loop's idle connection
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
+        third = await client.enqueue_async("ten_steps", workflow_id="c-3")
+        return second, third
+
+    second, third = asyncio.run(main())
+    admin.close()
+    assert third.result(timeout=60)["sum"] == 385
+    assert second.result(timeout=60)["sum"] == 385
+    assert sorted(w.workflow_id for w in client.list_workflows()) == ["c-1", "c-2", "c-3"]
+
+
+def test_an_async_enqueue_with_a_held_dedup_key_is_refused(client: DurableClient, start_worker, effects_dir):
+    from durable.errors import DuplicateWorkflowError
+
+    async def main() -> tuple[Any, Any]:
+        held = await client.enqueue_async("slow_workflow", args=["x", 1.0], dedup_key="k")
+        with pytest.raises(DuplicateWorkflowError):
+            await client.enqueue_async("slow_workflow", args=["y", 1.0], dedup_key="k")
+        same = await client.enqueue_async("slow_workflow", args=["z", 1.0], dedup_key="k",
+                                          on_duplicate="return_existing")
+        return held, same
+
+    held, same = asyncio.run(main())
+    assert held.workflow_id == same.workflow_id
+    assert len(client.list_workflows()) == 1
