@@ -95,7 +95,15 @@ workflows = Table(
         postgresql_where=text(ACTIVE_SQL),
         sqlite_where=text(ACTIVE_SQL),
     ),
-    Index("ix_durable_workflows_queue_started", "queue", "started_at_ms"),
+    # Three indexes hold only the rows their queries read, so a new workflow
+    # (no parent, not started, not ended) enters none of them (migration 0011).
+    Index(
+        "ix_durable_workflows_queue_started",
+        "queue",
+        "started_at_ms",
+        postgresql_where=text("started_at_ms IS NOT NULL"),
+        sqlite_where=text("started_at_ms IS NOT NULL"),
+    ),
     # a limited queue's held-back workflows, in the order a freed slot takes them
     Index(
         "ix_durable_workflows_queue_held",
@@ -109,10 +117,15 @@ workflows = Table(
     Index(
         "ix_durable_workflows_ended_roots",
         "completed_at_ms",
-        postgresql_where=text("parent_workflow_id IS NULL"),
-        sqlite_where=text("parent_workflow_id IS NULL"),
+        postgresql_where=text("parent_workflow_id IS NULL AND completed_at_ms IS NOT NULL"),
+        sqlite_where=text("parent_workflow_id IS NULL AND completed_at_ms IS NOT NULL"),
     ),
-    Index("ix_durable_workflows_parent", "parent_workflow_id"),
+    Index(
+        "ix_durable_workflows_parent",
+        "parent_workflow_id",
+        postgresql_where=text("parent_workflow_id IS NOT NULL"),
+        sqlite_where=text("parent_workflow_id IS NOT NULL"),
+    ),
     Index("ix_durable_workflows_name_status", "name", "status"),
 )
 

@@ -39,7 +39,10 @@ class RetentionSql(StoreBase):
             )
             child = workflows.alias("child")
             tree = tree.union_all(
-                select(tree.c.root, child.c.workflow_id).where(child.c.parent_workflow_id == tree.c.workflow_id)
+                select(tree.c.root, child.c.workflow_id).where(
+                    child.c.parent_workflow_id == tree.c.workflow_id,
+                    child.c.parent_workflow_id.is_not(None),  # what the index on it holds
+                )
             )
             members = conn.execute(
                 select(tree.c.root, W.workflow_id, W.status, W.completed_at_ms)
