@@ -26,7 +26,7 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from .database import POSTGRES_CONNECT_ARGS, Database
-from .store.base import StartResult
+from .store.base import StartResult, insert_params
 
 # Idle connections kept per loop; a burst above it opens and closes extra ones.
 MAX_IDLE = 5
@@ -60,8 +60,9 @@ class AsyncStarts:
         caller falls back to the synchronous path, which classifies them)."""
         import psycopg
 
-        sql, constants = self._insert_sql(tuple(sorted(row)))
-        params = {**constants, **{f"v_{k}": v for k, v in row.items()}}
+        values = insert_params(row)
+        sql, constants = self._insert_sql(tuple(sorted(k[2:] for k in values)))
+        params = {**constants, **values}
         conn = await self._acquire()
         try:
             async with conn.cursor() as cursor:

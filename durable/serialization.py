@@ -299,10 +299,13 @@ def _short_repr(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # json.dumps builds one per call
+
+
 def dumps(value: Any) -> str:
     """Encode a value as JSON text; SerializationError names what cannot be stored."""
     try:
-        return json.dumps(_encode(value), separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(_encode(value))
     except SerializationError:
         raise
     except (TypeError, ValueError, RecursionError) as exc:

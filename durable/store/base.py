@@ -31,6 +31,12 @@ class StartResult:
     workflow_id: str  # the new workflow, or the existing one with that ID
 
 
+def insert_params(row: dict[str, Any]) -> dict[str, Any]:
+    """A new row's bound values, named v_<column>; a NULL column is left out
+    (it is NULL by default), so the statement sends only what the row has."""
+    return {f"v_{k}": v for k, v in row.items() if v is not None}
+
+
 class DedupConflict(Exception):
     def __init__(self, holder_workflow_id: str | None):
         self.holder_workflow_id = holder_workflow_id
@@ -52,8 +58,8 @@ class StoreBase:
         up in that transaction: a second one would wait for this one's lock
         (SQLite) and the insert would never end. A holder that ended between
         the insert and the look-up freed the key: the insert is tried again."""
-        insert_row = self._insert_statement(tuple(sorted(row)))
-        params = {f"v_{k}": v for k, v in row.items()}
+        params = insert_params(row)
+        insert_row = self._insert_statement(tuple(sorted(k[2:] for k in params)))
         refused = 0
         while True:
             try:

@@ -17,7 +17,7 @@ from sqlalchemy.engine import Connection
 
 from ..records import Status
 from ..schema import workflows
-from .base import DedupConflict, StartResult, W
+from .base import DedupConflict, StartResult, W, insert_params
 
 # Which database a connection is in: the name, the database's OID and when
 # its server started. The same for every connection to one database of one
@@ -75,8 +75,8 @@ def insert_workflow_on(
     from sqlalchemy.dialects import sqlite as sqlite_dialect
     from sqlalchemy.exc import IntegrityError
 
-    stmt = _insert(tuple(sorted(row)), sqlite_dialect.insert if sqlite else postgresql.insert)
-    values = {f"v_{k}": v for k, v in row.items()}
+    values = insert_params(row)
+    stmt = _insert(tuple(sorted(k[2:] for k in values)), sqlite_dialect.insert if sqlite else postgresql.insert)
     if row.get("dedup_key") is None:  # nothing can conflict but the ID, which ON CONFLICT absorbs
         return StartResult(created=conn.execute(stmt, values).first() is not None, workflow_id=row["workflow_id"])
     try:
@@ -103,12 +103,13 @@ def insert_workflow_driver(psycopg_conn: Any, row: dict[str, Any]) -> StartResul
     transaction: the same statement, compiled for psycopg, in a savepoint."""
     import psycopg
 
-    columns = tuple(sorted(row))
+    params = insert_params(row)
+    columns = tuple(sorted(k[2:] for k in params))
     compiled = _driver_statements.get(columns)
     if compiled is None:
         compiled = _driver_statements[columns] = _driver_sql(_insert(columns))
     sql, constants = compiled
-    values = {**constants, **{f"v_{k}": v for k, v in row.items()}}
+    values = {**constants, **params}
     if row.get("dedup_key") is None:  # nothing can conflict but the ID, which ON CONFLICT absorbs
         with psycopg_conn.cursor() as cursor:
             cursor.execute(sql, values)
