@@ -78,6 +78,31 @@ def test_session_commit_runs_once_rollback_runs_nothing(client, app_engine, star
     _nothing(client, "order-o-2")
 
 
+def test_an_enqueue_that_is_its_transactions_first_statement_commits_and_rolls_back_with_it(
+    client, app_engine, start_worker, effects_dir
+):
+    """Nothing else written yet: the row is still in the transaction the
+    caller commits or rolls back (a Session's and a Connection's)."""
+    start_worker()
+    with Session(app_engine) as session, session.begin():
+        client.enqueue("ten_steps", workflow_id="first-s-1", transaction=session)
+    with Session(app_engine) as session:
+        with session.begin():
+            client.enqueue("ten_steps", workflow_id="first-s-2", transaction=session)
+            session.rollback()
+    with app_engine.connect() as conn:
+        conn.begin()
+        client.enqueue("ten_steps", workflow_id="first-c-1", transaction=conn)
+        conn.commit()
+        conn.begin()
+        client.enqueue("ten_steps", workflow_id="first-c-2", transaction=conn)
+        conn.rollback()
+    _ran_once(client, "first-s-1")
+    _ran_once(client, "first-c-1")
+    _nothing(client, "first-s-2")
+    _nothing(client, "first-c-2")
+
+
 def test_connection_commit_runs_once_rollback_runs_nothing(client, app_engine, start_worker, effects_dir):
     start_worker()
     with app_engine.begin() as conn:
