@@ -18,11 +18,14 @@ Starts its own Postgres and Redis on loopback and one durable worker
   no worker consuming meanwhile, each call timed alone (durable's thread
   that publishes after a start has returned is idle when each call begins): `wf.start()` (a `Durable` app in this
   process), `DurableClient.enqueue()`, `await client.enqueue_async()` (on
-  one event loop), `enqueue(..., transaction=session)` inside a SQLAlchemy
-  Session's transaction (the commit included), and Celery's
+  one event loop, timed inside it), `enqueue(..., transaction=session)`
+  timed alone inside a SQLAlchemy Session's open transaction (which the
+  request has anyway, for its own write), and Celery's
   `task.apply_async()` of a no-op task on the same Redis; and, for scale,
   durable's INSERT statement alone through psycopg (the one commit a start
-  waits for).
+  waits for). Then a request's whole write both ways: an order row and
+  its workflow in one transaction, against the order committed and then
+  `apply_async()` (what `transaction.on_commit` does).
 """
 
 from __future__ import annotations
@@ -94,31 +97,56 @@ def notify_cost(client: Any, sql: Any, n: int, rounds: int) -> dict[str, list[fl
 
 
 def enqueue_latencies(dur: Any, client: Any, engine: Any, celery_task: Any, n: int) -> dict[str, list[float]]:
+    from sqlalchemy import text
     from sqlalchemy.orm import Session
 
+    order_sql = text("INSERT INTO bench_orders (id, total) VALUES (:id, 10.0)")  # the request's own write
     workflow = dur.registry["bench.steps"]
     loop = asyncio.new_event_loop()
     # the commit a start waits for, alone: durable's own INSERT through psycopg
     import psycopg
     from durable.starting import new_workflow_row
     raw = psycopg.connect(str(engine.url).replace("+psycopg", ""), autocommit=True)
-    statement = client.store._insert_statement(tuple(sorted(new_workflow_row(client.settings, "x", [1], {}))))
-    sql, constants = statement._driver_sql()
+    from durable.store.base import insert_params
+    columns = tuple(sorted(k[2:] for k in insert_params(new_workflow_row(client.settings, "x", [1], {}))))
+    sql, constants = client.store._insert_statement(columns)._driver_sql()
 
     def sql_insert() -> None:
         row = new_workflow_row(client.settings, "bench.steps", [1], {}, clock=client.clock)
-        raw.execute(sql, {**constants, **{f"v_{k}": v for k, v in row.items()}}).fetchone()
+        raw.execute(sql, {**constants, **insert_params(row)}).fetchone()
+
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS bench_orders (id text PRIMARY KEY, total float)")
 
     def in_session() -> None:
+        # the enqueue call alone, in a transaction the request has open anyway
         with Session(engine) as session, session.begin():
+            session.execute(order_sql, {"id": str(uuid.uuid4())})
+            started = time.perf_counter()
             client.enqueue("bench.steps", args=[1], transaction=session)
+            awaited.append((time.perf_counter() - started) * 1e6)
+
+    def order_with_enqueue() -> None:
+        # a request's whole write: its order and its workflow, one commit
+        with Session(engine) as session, session.begin():
+            session.execute(order_sql, {"id": str(uuid.uuid4())})
+            client.enqueue("bench.steps", args=[1], transaction=session)
+
+    def order_then_apply_async() -> None:
+        # the same with Celery, as a careful user writes it: the task is sent
+        # once the order has committed (Django's transaction.on_commit)
+        with Session(engine) as session, session.begin():
+            session.execute(order_sql, {"id": str(uuid.uuid4())})
+        celery_task.apply_async(args=[0])
 
     calls: dict[str, Callable[[], Any]] = {
         "start()": lambda: workflow.start(1),
         "enqueue()": lambda: client.enqueue("bench.steps", args=[1]),
         "enqueue_async()": lambda: loop.run_until_complete(timed_await()),
-        "enqueue(transaction=session) + commit": in_session,
+        "enqueue(transaction=session), the call": in_session,
         "celery apply_async()": lambda: celery_task.apply_async(args=[0]),
+        "request: order + enqueue, one commit": order_with_enqueue,
+        "request: order commit, then apply_async": order_then_apply_async,
         "psycopg INSERT alone": lambda: sql_insert(),
     }
     if not hasattr(client, "enqueue_async"):
@@ -217,6 +245,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nenqueue latency, us ({args.enqueues} calls each, interleaved, nothing consuming)")
         for name, values in latencies.items():
             print(f"  {name:40s} {_summary(values)}")
+        celery_p50 = pct(latencies["celery apply_async()"], 0.5)
+        print("\np50 against Celery's apply_async() p50 (<= 1.0: durable's is no slower)")
+        for name in ("start()", "enqueue()", "enqueue_async()", "enqueue(transaction=session), the call"):
+            print(f"  {name:40s} {pct(latencies[name], 0.5) / celery_p50:5.2f}x")
+        request = pct(latencies["request: order + enqueue, one commit"], 0.5)
+        print(f"  {'request: order + enqueue, one commit':40s} "
+              f"{request / pct(latencies['request: order commit, then apply_async'], 0.5):5.2f}x"
+              " (against: order commit, then apply_async)")
         return 0
     finally:
         if worker is not None:

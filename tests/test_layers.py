@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "retry", "clock", "context", "timeouts", "limits", "schedules", "metrics", "sagas", "breakers", "inputs", "local_processes", "fork_guard", "embedded_broker", "redis_broker", "migrations", "tracing",
     }),
     ("store", {"store"}),
-    ("dispatch", {"dispatch", "background_publish", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
+    ("dispatch", {"dispatch", "background_publish", "async_start", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
     ("engine", {"engine", "messaging", "transactions", "runner", "leases", "recovery", "retention"}),
     ("surfaces", {
         "app", "client", "contrib", "helpers", "dispatched_steps", "canvas", "flow_admin", "workflow_admin", "celery_binding", "pool_watch", "cli", "dashboard", "demo",
