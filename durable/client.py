@@ -11,36 +11,21 @@ import asyncio
 import contextvars
 import datetime as dt
 import functools
-import json
-import threading
 import uuid
 from typing import Any, Callable, Sequence, TypeVar
 
 from celery import Celery
 
 from . import mailbox
-from . import serialization as ser
 from . import tracing
 from .clock import SYSTEM_CLOCK, Clock
 from .context import current_execution, in_workflow_code
-from .database import Database, retry_while_unavailable
+from .database import Database
 from .async_start import AsyncStarts
 from .background_publish import BackgroundDispatcher
 from .dispatch import CeleryDispatcher, Dispatcher, configure_app, publish_if_runnable
-from .errors import (
-    DuplicateWorkflowError,
-    SerializationError,
-    WorkflowNotFoundError,
-)
-from .records import (
-    ErrorInfo,
-    Status,
-    StepInfo,
-    StepStatus,
-    WorkflowStatus,
-    datetime_from_ms,
-)
-from .retry import Backoff
+from .errors import DuplicateWorkflowError, WorkflowNotFoundError
+from .records import Status, StepInfo, WorkflowStatus
 from .settings import Settings
 from .in_transaction import InTransaction, start_in_transaction
 from .starting import StartOptions, check_name, new_workflow_row, publish_if_created, start_workflow
@@ -48,199 +33,12 @@ from .store import DedupConflict, Store
 from .store.db_clock import database_clock
 from .store.listen import EndedListener
 from .recorded_inputs import RecordedInputs
+from .handle import WorkflowHandle
+from .status_rows import step_info, workflow_status
 
 T = TypeVar("T")
 
 __all__ = ["DurableClient", "Management", "WorkflowHandle", "new_workflow_row"]
-
-# Waiting for a result on Postgres: how long the first wait gives the LISTEN
-# connection to come up, and the slow poll kept as a safety net meanwhile.
-LISTEN_WAIT_SECONDS = 2.0
-# Names of durable's own workflows (dispatched steps, canvases): never recorded.
-SAFETY_POLL_FIRST_SECONDS = 0.5
-SAFETY_POLL_MAX_SECONDS = 5.0
-
-
-class WorkflowHandle:
-    """A started workflow. Inside a workflow, `result()` suspends the caller
-    until this one ends; elsewhere it waits for the end: woken by the
-    database's notification on Postgres, polling (backed off) on SQLite."""
-
-    def __init__(self, workflow_id: str, management: "Management"):
-        self.workflow_id = workflow_id
-        self._management = management
-
-    def __repr__(self) -> str:
-        return f"WorkflowHandle({self.workflow_id!r})"
-
-    def status(self) -> WorkflowStatus:
-        return self._management.get(self.workflow_id)
-
-    def result(self, timeout: float | None = None, poll_interval_seconds: float = 0.2) -> Any:
-        """The workflow's output, or its error raised; TimeoutError when it is
-        still running after `timeout` seconds. `poll_interval_seconds` is the
-        longest pause between two looks where nothing notifies (SQLite, or
-        Postgres while the LISTEN connection is down)."""
-        execution = in_workflow_code()
-        if execution is not None:
-            return execution.await_workflow(self.workflow_id, timeout)
-        clock = self._management.clock
-        deadline = None if timeout is None else clock.monotonic() + timeout
-        listener = self._management.ended_listener()
-        if listener is None:
-            backoff = Backoff(0.005, poll_interval_seconds)
-            while True:
-                ended, output = self._look(deadline, timeout)
-                if ended:
-                    return output
-                clock.sleep(backoff.next_pause(self._remaining(deadline)))
-        woken = threading.Event()
-        unsubscribe = listener.subscribe(self.workflow_id, woken.set)
-        try:
-            listener.wait_listening(LISTEN_WAIT_SECONDS)
-            safety_net = Backoff(SAFETY_POLL_FIRST_SECONDS, SAFETY_POLL_MAX_SECONDS)
-            unheard = Backoff(0.005, poll_interval_seconds)
-            while True:
-                woken.clear()  # before the look: an end notified after it wakes the wait below
-                ended, output = self._look(deadline, timeout)
-                if ended:
-                    return output
-                pause = (safety_net if listener.listening else unheard).next_pause(self._remaining(deadline))
-                woken.wait(pause)
-        finally:
-            unsubscribe()
-
-    async def result_async(self, timeout: float | None = None, poll_interval_seconds: float = 0.2) -> Any:
-        """`result()` for asyncio code: the event loop keeps running while it
-        waits. The wait itself holds no thread (a notification sets an
-        asyncio event through `call_soon_threadsafe`); each look at the row
-        is a short blocking query, run in the loop's default executor."""
-        if in_workflow_code() is not None:
-            raise RuntimeError("result_async() is for asyncio code outside workflows; a workflow uses result()")
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else self._management.clock.monotonic() + timeout
-        listener = self._management.ended_listener()
-        woken = asyncio.Event()
-
-        def wake() -> None:  # from the listener's thread
-            loop.call_soon_threadsafe(woken.set)
-
-        unsubscribe = None
-        if listener is not None:
-            unsubscribe = listener.subscribe(self.workflow_id, wake)
-        try:
-            if listener is not None and not listener.listening:
-                await loop.run_in_executor(None, listener.wait_listening, LISTEN_WAIT_SECONDS)
-            safety_net = Backoff(SAFETY_POLL_FIRST_SECONDS, SAFETY_POLL_MAX_SECONDS)
-            unheard = Backoff(0.005, poll_interval_seconds)
-            while True:
-                woken.clear()
-                ended, output = await loop.run_in_executor(None, self._look, deadline, timeout)
-                if ended:
-                    return output
-                heard = listener is not None and listener.listening
-                pause = (safety_net if heard else unheard).next_pause(self._remaining(deadline))
-                try:
-                    await asyncio.wait_for(woken.wait(), pause)
-                except asyncio.TimeoutError:
-                    pass
-        finally:
-            if unsubscribe is not None:
-                unsubscribe()
-
-    async def status_async(self) -> WorkflowStatus:
-        return await self._management.get_async(self.workflow_id)
-
-    def _remaining(self, deadline: float | None) -> float | None:
-        return None if deadline is None else deadline - self._management.clock.monotonic()
-
-    def _look(self, deadline: float | None, timeout: float | None) -> tuple[bool, Any]:
-        """One look at the workflow: (True, output) when it succeeded; its
-        error raised when it failed; TimeoutError past the deadline; (False,
-        None) while it runs."""
-        management = self._management
-        outcome = retry_while_unavailable(  # a waiting client survives a database restart
-            lambda: management.store.workflow_outcome(self.workflow_id), "waiting for a result",
-            clock=management.clock,
-        )
-        if outcome is None:
-            raise WorkflowNotFoundError(self.workflow_id)
-        status = outcome["status"]
-        if status == Status.SUCCESS.value:
-            return True, ser.loads(outcome["output"])
-        if status not in (Status.ENQUEUED.value, Status.PENDING.value):
-            raise ser.outcome_error(self.workflow_id, status, outcome["error"])
-        remaining = self._remaining(deadline)
-        if remaining is not None and remaining <= 0:
-            raise TimeoutError(f"workflow {self.workflow_id!r} still {status} after {timeout}s")
-        return False, None
-
-
-def _error_info(text: str | None) -> ErrorInfo | None:
-    try:
-        record = ser.loads_error(text)
-    except SerializationError as exc:  # a status page still shows the rest
-        return ErrorInfo("<unreadable>", str(exc), None)
-    if not record:
-        return None
-    return ErrorInfo(record.get("type", ""), record.get("message", ""), record.get("traceback"))
-
-
-def _safe_loads(text: str | None) -> Any:
-    try:
-        return ser.loads(text)
-    except SerializationError as exc:
-        return f"<unreadable: {exc}>"
-
-
-def workflow_status(
-    row: dict[str, Any], with_payloads: bool = False,
-    load_input: bool | None = None, load_output: bool | None = None,
-) -> WorkflowStatus:
-    """A row as a record; `inputs` and `output` are decoded only when asked
-    (`with_payloads` asks for both) and present in the row."""
-    load_input = with_payloads if load_input is None else load_input
-    load_output = with_payloads if load_output is None else load_output
-    return WorkflowStatus(
-        workflow_id=row["workflow_id"],
-        name=row["name"],
-        status=Status(row["status"]),
-        queue=row["queue"],
-        dedup_key=row["dedup_key"],
-        priority=row["priority"],
-        recovery_attempts=row["recovery_attempts"],
-        max_recovery_attempts=row["max_recovery_attempts"],
-        parent_workflow_id=row["parent_workflow_id"],
-        created_at=datetime_from_ms(row["created_at_ms"]),
-        updated_at=datetime_from_ms(row["updated_at_ms"]),
-        started_at=datetime_from_ms(row["started_at_ms"]),
-        completed_at=datetime_from_ms(row["completed_at_ms"]),
-        error=_error_info(row["error"]),
-        last_death=row["last_death"],
-        executor=row["executor"],
-        app_version=row["app_version"],
-        inputs=_safe_loads(row["inputs"]) if load_input and "inputs" in row else None,
-        output=_safe_loads(row["output"]) if load_output and "output" in row else None,
-    )
-
-
-def step_info(row: dict[str, Any]) -> StepInfo:
-    attempt_errors = row.get("attempt_errors")
-    return StepInfo(
-        step_id=row["step_id"],
-        name=row["name"],
-        status=StepStatus(row["status"]),
-        attempts=row["attempts"],
-        crashes=row["crashes"],
-        output=_safe_loads(row["output"]),
-        error=_error_info(row["error"]),
-        child_workflow_id=row["child_workflow_id"],
-        started_at=datetime_from_ms(row["started_at_ms"]),
-        completed_at=datetime_from_ms(row["completed_at_ms"]),
-        last_crash=row["last_crash"],
-        attempt_errors=json.loads(attempt_errors) if attempt_errors else None,
-        executor=row.get("executor"),
-    )
 
 
 class Management:

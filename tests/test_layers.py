@@ -17,10 +17,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "durable"
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {
         "settings", "errors", "records", "serialization", "schema", "database", "db_errors",
-        "retry", "clock", "context", "timeouts", "limits", "schedules", "metrics", "sagas", "breakers", "inputs", "local_processes", "fork_guard", "embedded_broker", "redis_broker", "migrations", "tracing",
+        "retry", "clock", "context", "timeouts", "limits", "schedules", "metrics", "sagas", "breakers", "inputs", "local_processes", "fork_guard", "embedded_broker", "redis_broker", "migrations", "tracing", "status_rows",
     }),
     ("store", {"store"}),
-    ("dispatch", {"dispatch", "background_publish", "async_start", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
+    ("dispatch", {"dispatch", "background_publish", "async_start", "handle", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
     ("engine", {"engine", "messaging", "transactions", "runner", "leases", "recovery", "retention"}),
     ("surfaces", {
         "app", "client", "contrib", "helpers", "dispatched_steps", "canvas", "flow_admin", "workflow_admin", "celery_binding", "pool_watch", "cli", "dashboard", "demo",
@@ -172,5 +172,5 @@ def test_relative_imports_resolve_to_the_modules_they_name() -> None:
     targets = {t for t, _, _ in durable_imports(PACKAGE / "store" / "base.py")}
     assert targets == {"durable.database", "durable.records", "durable.schema", "durable.store.prebuilt"}
     client = {t for t, _, _ in durable_imports(PACKAGE / "client.py")}
-    assert "durable.mailbox" in client and "durable.serialization" in client
+    assert "durable.mailbox" in client and "durable.handle" in client
     assert layer_of("durable.store.execution") < layer_of("durable.engine") < layer_of("durable.app")

@@ -16,7 +16,8 @@ import pytest
 from sqlalchemy import text
 
 from durable import DurableClient
-from durable.client import SAFETY_POLL_FIRST_SECONDS, SAFETY_POLL_MAX_SECONDS, new_workflow_row
+from durable.client import new_workflow_row
+from durable.handle import SAFETY_POLL_FIRST_SECONDS, SAFETY_POLL_MAX_SECONDS
 from durable.database import Database
 from durable.errors import DurableError
 from durable.records import Status
