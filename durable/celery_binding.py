@@ -11,6 +11,7 @@ app's task registry, so nothing here is kept in a global.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Celery, Task, bootsteps
@@ -43,7 +44,7 @@ def bind(app: Celery, runner: Runner) -> None:
         durable_runner=runner,
     )(run_workflow)
     app.steps["worker"].add(SchemaBeforeFork)
-    app.steps["worker"].add(RecordWorkflowInputs)
+    app.steps["consumer"].add(RecordWorkflowInputs)
     app.steps["worker"].add(TasksAsSteps)
     app.steps["worker"].add(RecoverySweeper)
     app.steps["worker"].add(PoolWatch)  # a dead pool child is noticed within 0.5 s, not 5
@@ -183,16 +184,34 @@ class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]
             logger.warning("database unavailable at worker start (will retry): %s", exc)
 
 
-class RecordWorkflowInputs(bootsteps.Step):  # type: ignore[misc]
+class RecordWorkflowInputs(bootsteps.StartStopStep):  # type: ignore[misc]
     """Records each registered workflow's parameters as JSON Schema, in the
     worker's main process at its start: `DurableClient.enqueue` checks
-    arguments by name against them and knows which names exist."""
+    arguments by name against them and knows which names exist.
 
-    def __init__(self, worker: Any, **kwargs: Any):
-        super().__init__(worker, **kwargs)
-        runner = _runner_of(worker.app)
-        now = runner.clock.now_ms()
-        rows = []
+    A consumer step, run in a thread once the consumer is up, so that it
+    does not delay the first messages (a restarted worker's own lost
+    work): building the schemas loads pydantic and costs ~20 ms a
+    workflow. Once per worker, not again when the consumer reconnects."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, consumer: Any, **kwargs: Any):
+        super().__init__(consumer, **kwargs)
+        self.thread: threading.Thread | None = None
+
+    def start(self, consumer: Any) -> None:
+        if self.thread is None:
+            runner = _runner_of(consumer.app)
+            self.thread = threading.Thread(target=record_inputs, args=(runner,), name="durable-record-inputs",
+                                           daemon=True)
+            self.thread.start()
+
+
+def record_inputs(runner: Runner) -> None:
+    now = runner.clock.now_ms()
+    rows = []
+    try:
         for name, workflow in list(runner.registry.items()):
             parameters = getattr(workflow, "parameters", None)
             if isinstance(parameters, Parameters) and not name.startswith("durable."):
@@ -200,8 +219,7 @@ class RecordWorkflowInputs(bootsteps.Step):  # type: ignore[misc]
                     name=name, parameters=dumps_schema(parameters),
                     app_version=runner.settings.app_version or None, updated_at_ms=now,
                 ))
-        try:
-            with no_fork_meanwhile():
-                record_workflow_schemas(runner.store.db, rows)
-        except Exception as exc:  # noqa: BLE001 - clients check against older records meanwhile
-            logger.warning("could not record the workflows' parameters: %s", exc)
+        with no_fork_meanwhile():
+            record_workflow_schemas(runner.store.db, rows)
+    except Exception as exc:  # noqa: BLE001 - clients check against older records meanwhile
+        logger.warning("could not record the workflows' parameters: %s", exc)
