@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,13 @@ def test_help_lists_celerys_worker_options_and_the_app(args: list[str], tmp_path
     assert result.returncode == 0, result
     for option in ("-A, --app APP", "--concurrency", "--queues", "--without-mingle", "--loglevel"):
         assert option in result.stdout
+
+
+def test_celerys_worker_command_is_loaded_without_pygments_which_stays_importable() -> None:
+    code = (
+        "import sys; from durable.worker_command import celerys_worker_command; celerys_worker_command(); "
+        "import celery.bin.base as base; assert base.LEXER is None, base.LEXER; "
+        "import pygments.lexers; assert sys.modules['pygments'] is not None; print('ok')"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "ok", result.stderr
