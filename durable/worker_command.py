@@ -101,7 +101,7 @@ def worker_command(app: Any) -> click.Command:
 
     command: click.Command = copy.copy(worker)
     app_option = CeleryOption(
-        list(APP_FLAGS), expose_value=False, metavar="APP", help_group="Worker Options",
+        list(APP_FLAGS), expose_value=False, allow_from_autoenv=False, metavar="APP", help_group="Worker Options",
         help="the Celery app: a module (its `app` or `celery`) or module:attribute; "
              "default $DURABLE_CELERY_APP, or workers.app",
     )
