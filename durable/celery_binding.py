@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery, Task, bootsteps
 from celery.exceptions import WorkerLostError
+from celery.signals import worker_process_init
 from celery.worker.request import Request
 
 from .db_errors import is_transient
@@ -48,6 +49,29 @@ def bind(app: Celery, runner: Runner) -> None:
     app.steps["worker"].add(TasksAsSteps)
     app.steps["worker"].add(RecoverySweeper)
     app.steps["worker"].add(PoolWatch)  # a dead pool child is noticed within 0.5 s, not 5
+    worker_process_init.connect(warm_up_pool_child, weak=False, dispatch_uid="durable.warm_up_pool_child")
+
+
+def warm_up_pool_child(**kwargs: Any) -> None:
+    """A prefork pool child, just forked: its database connection and
+    compiled statements are made in a thread now, while the main process is
+    still connecting to the broker, so its first workflow (a restarted
+    worker's own lost work) does not wait for them. A thread: a database
+    slow to answer must not hold the child's start, which Celery times out."""
+    from celery import current_app
+
+    app = current_app._get_current_object()
+    if RUN_TASK not in app.tasks:
+        return
+    store = _runner_of(app).store
+
+    def warm_up() -> None:
+        try:
+            store.warm_up()
+        except Exception as exc:  # noqa: BLE001 - the first workflow connects instead
+            logger.debug("pool child warm-up: %s", exc)
+
+    threading.Thread(target=warm_up, name="durable-warm-up", daemon=True).start()
 
 
 def bind_step_task(app: Celery, name: str, like: Any = None) -> None:
