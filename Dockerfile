@@ -18,9 +18,12 @@ RUN pip install ".[flower,dashboard]"
 COPY config/ config/
 COPY workers/ workers/
 COPY examples/ examples/
+# Compiled now: the processes run as a user who cannot write __pycache__
+# here, and would compile these modules again at every start.
+RUN python -m compileall -q config workers examples
 
 RUN useradd --create-home --uid 1000 durable
 ENV DURABLE_HOME=/home/durable/.durable
 USER durable
 
-CMD ["celery", "-A", "workers.app", "worker", "--loglevel=INFO"]
+CMD ["durable", "worker", "-A", "workers.app", "--loglevel=INFO"]

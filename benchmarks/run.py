@@ -66,6 +66,17 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, interval: flo
     return wait_for(cond, timeout, what, interval)
 
 
+def compile_bytecode() -> None:
+    """Byte-compile the repository's packages, as an installed package is:
+    with PYTHONDONTWRITEBYTECODE set (as on the benchmark machine) every
+    worker would otherwise compile durable's modules from source at each
+    start (~0.1-0.3 s of CPU). Site-packages were compiled when installed."""
+    import compileall
+
+    for package in ("durable", "workers", "config", "benchmarks", "tests"):
+        compileall.compile_dir(str(REPO / package), quiet=1)
+
+
 def rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -81,8 +92,9 @@ class QuietWorker(Worker):
     cost plain Celery 10x what they cost durable); ready = pool children up,
     and each trial starts with a warm-up run anyway."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, app: str = "workers.app", concurrency: int = 2):
-        super().__init__(env, log_path, concurrency=concurrency)
+    def __init__(self, env: dict[str, str], log_path: Path, app: str = "workers.app", concurrency: int = 2,
+                 command: str = "celery"):
+        super().__init__(env, log_path, concurrency=concurrency, command=command)
         self.concurrency = concurrency
         self.args = [a if a != "--loglevel=INFO" else "--loglevel=WARNING" for a in self.args]
         self.args[self.args.index("workers.app")] = app
@@ -100,9 +112,9 @@ class ThreadedDurableWorkers:
     """Two `celery -A workers.app worker -P threads` processes; ready when
     each answers a control ping (there are no pool children to count)."""
 
-    def __init__(self, env: dict[str, str], logdir: Path, app: Any, n: int = 2):
+    def __init__(self, env: dict[str, str], logdir: Path, app: Any, n: int = 2, command: str = "durable"):
         self.workers = [QuietWorker(env, logdir / f"durable-threads-{uuid.uuid4().hex[:6]}.log",
-                                    concurrency=THREADS_PER_PROCESS) for _ in range(n)]
+                                    concurrency=THREADS_PER_PROCESS, command=command) for _ in range(n)]
         for w in self.workers:
             w.args[w.args.index("prefork")] = "threads"
         self.app = app
@@ -240,13 +252,14 @@ class Bench:
     def start_workers(self, system: str, wait: bool = True) -> Any:
         env = self.base_env()
         if system == "durable":
-            w = QuietWorker(env, self.logs / f"durable-{uuid.uuid4().hex[:6]}.log", "workers.app")
+            w = QuietWorker(env, self.logs / f"durable-{uuid.uuid4().hex[:6]}.log", "workers.app",
+                            command=self.args.durable_command)
             w.start(wait_ready=wait)
         elif system in CELERY_SYSTEMS:
             w = QuietWorker(env, self.logs / f"celery-{uuid.uuid4().hex[:6]}.log", "benchmarks.celery_app")
             w.start(wait_ready=wait)
         elif system == "durable-threads":
-            w = ThreadedDurableWorkers(env, self.logs, self.dur.celery).start(wait)
+            w = ThreadedDurableWorkers(env, self.logs, self.dur.celery, command=self.args.durable_command).start(wait)
         else:
             w = DbosWorkers(env, self.logs).start()
         self.live.append(w)
@@ -487,7 +500,8 @@ class Bench:
             for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
                 queue = "celery" if kind == "unlimited" else "bench-limited"
                 log(f"limits round {r + 1}/{rounds}: {kind} (queue {queue})")
-                w = QuietWorker(self.base_env(), self.logs / f"limits-{uuid.uuid4().hex[:6]}.log")
+                w = QuietWorker(self.base_env(), self.logs / f"limits-{uuid.uuid4().hex[:6]}.log",
+                                command=self.args.durable_command)
                 w.args[w.args.index("-Q") + 1] = "celery,bench-limited"
                 w.start()
                 self.live.append(w)
@@ -811,6 +825,7 @@ class Bench:
         parts = self.args.only.split(",") if self.args.only else ["throughput", "recovery", "replay", "memory", "chains", "limits"]
         self.systems = [s for s in SYSTEMS if s in self.args.systems.split(",")]
         started = time.time()
+        compile_bytecode()
         try:
             self.start_servers()
             for part in parts:
@@ -821,6 +836,7 @@ class Bench:
                 quick=self.quick, seconds=time.time() - started, command=" ".join(sys.argv),
                 cpus=os.cpu_count(), loadavg_end=os.getloadavg(), dbos_concurrency=self.args.dbos_concurrency,
                 dbos_poll=self.args.dbos_poll, at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                durable_command=self.args.durable_command,
             )
             self.shutdown()
         self.summarize()
@@ -843,6 +859,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="DBOS worker_concurrency per process (2 processes); with 1, one dequeue per poll caps DBOS at 2/poll wf/s")
     p.add_argument("--dbos-poll", type=float, default=0.1, help="DBOS queue polling interval, s (DBOS default 1.0)")
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (logs)")
+    p.add_argument("--durable-command", choices=("durable", "celery"), default="durable",
+                   help="start durable's workers with `durable worker -A workers.app` (default) or "
+                        "`celery -A workers.app worker`")
     return Bench(p.parse_args(argv)).run()
 
 

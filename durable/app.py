@@ -35,7 +35,7 @@ from .settings import Settings
 from .starting import StartOptions, check_name, new_workflow_row, start_workflow
 from .store import Store
 from .store.db_clock import database_clock
-from .transactions import Transactions, check_transaction_signature
+from .transactions import Transactions, check_transaction_signature, load_orm
 
 logger = logging.getLogger("durable")
 
@@ -468,6 +468,7 @@ class Durable(OperatorCalls, Management):
         def register(f: Callable[..., Any]) -> StepFunction:
             check_transaction_signature(f)
             check_name(name or f.__qualname__, "step name")
+            load_orm()  # here, in a worker's main process, not in each pool child
             return StepFunction(
                 f, name or f.__qualname__, policy, transactions=self.transactions, isolation=isolation
             )

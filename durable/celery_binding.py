@@ -11,10 +11,12 @@ app's task registry, so nothing here is kept in a global.
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Celery, Task, bootsteps
 from celery.exceptions import WorkerLostError
+from celery.signals import worker_process_init
 from celery.worker.request import Request
 
 from .db_errors import is_transient
@@ -43,10 +45,33 @@ def bind(app: Celery, runner: Runner) -> None:
         durable_runner=runner,
     )(run_workflow)
     app.steps["worker"].add(SchemaBeforeFork)
-    app.steps["worker"].add(RecordWorkflowInputs)
+    app.steps["consumer"].add(RecordWorkflowInputs)
     app.steps["worker"].add(TasksAsSteps)
     app.steps["worker"].add(RecoverySweeper)
     app.steps["worker"].add(PoolWatch)  # a dead pool child is noticed within 0.5 s, not 5
+    worker_process_init.connect(warm_up_pool_child, weak=False, dispatch_uid="durable.warm_up_pool_child")
+
+
+def warm_up_pool_child(**kwargs: Any) -> None:
+    """A prefork pool child, just forked: its database connection and
+    compiled statements are made in a thread now, while the main process is
+    still connecting to the broker, so its first workflow (a restarted
+    worker's own lost work) does not wait for them. A thread: a database
+    slow to answer must not hold the child's start, which Celery times out."""
+    from celery import current_app
+
+    app = current_app._get_current_object()
+    if RUN_TASK not in app.tasks:
+        return
+    store = _runner_of(app).store
+
+    def warm_up() -> None:
+        try:
+            store.warm_up()
+        except Exception as exc:  # noqa: BLE001 - the first workflow connects instead
+            logger.debug("pool child warm-up: %s", exc)
+
+    threading.Thread(target=warm_up, name="durable-warm-up", daemon=True).start()
 
 
 def bind_step_task(app: Celery, name: str, like: Any = None) -> None:
@@ -183,16 +208,34 @@ class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]
             logger.warning("database unavailable at worker start (will retry): %s", exc)
 
 
-class RecordWorkflowInputs(bootsteps.Step):  # type: ignore[misc]
+class RecordWorkflowInputs(bootsteps.StartStopStep):  # type: ignore[misc]
     """Records each registered workflow's parameters as JSON Schema, in the
     worker's main process at its start: `DurableClient.enqueue` checks
-    arguments by name against them and knows which names exist."""
+    arguments by name against them and knows which names exist.
 
-    def __init__(self, worker: Any, **kwargs: Any):
-        super().__init__(worker, **kwargs)
-        runner = _runner_of(worker.app)
-        now = runner.clock.now_ms()
-        rows = []
+    A consumer step, run in a thread once the consumer is up, so that it
+    does not delay the first messages (a restarted worker's own lost
+    work): building the schemas loads pydantic and costs ~20 ms a
+    workflow. Once per worker, not again when the consumer reconnects."""
+
+    requires = {"celery.worker.consumer.tasks:Tasks"}
+
+    def __init__(self, consumer: Any, **kwargs: Any):
+        super().__init__(consumer, **kwargs)
+        self.thread: threading.Thread | None = None
+
+    def start(self, consumer: Any) -> None:
+        if self.thread is None:
+            runner = _runner_of(consumer.app)
+            self.thread = threading.Thread(target=record_inputs, args=(runner,), name="durable-record-inputs",
+                                           daemon=True)
+            self.thread.start()
+
+
+def record_inputs(runner: Runner) -> None:
+    now = runner.clock.now_ms()
+    rows = []
+    try:
         for name, workflow in list(runner.registry.items()):
             parameters = getattr(workflow, "parameters", None)
             if isinstance(parameters, Parameters) and not name.startswith("durable."):
@@ -200,8 +243,7 @@ class RecordWorkflowInputs(bootsteps.Step):  # type: ignore[misc]
                     name=name, parameters=dumps_schema(parameters),
                     app_version=runner.settings.app_version or None, updated_at_ms=now,
                 ))
-        try:
-            with no_fork_meanwhile():
-                record_workflow_schemas(runner.store.db, rows)
-        except Exception as exc:  # noqa: BLE001 - clients check against older records meanwhile
-            logger.warning("could not record the workflows' parameters: %s", exc)
+        with no_fork_meanwhile():
+            record_workflow_schemas(runner.store.db, rows)
+    except Exception as exc:  # noqa: BLE001 - clients check against older records meanwhile
+        logger.warning("could not record the workflows' parameters: %s", exc)

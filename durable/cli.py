@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 import time
 from typing import Any, Callable, Sequence, TypeVar
@@ -114,14 +113,17 @@ def demo(steps: int, kill_after: int) -> int:
     return demo_module.run(steps=steps, kill_after_step=kill_after)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("-A", "--app", default=lambda: os.environ.get("DURABLE_CELERY_APP", "workers.app"),
-              show_default="$DURABLE_CELERY_APP or workers.app")
+@cli.command(add_help_option=False, context_settings={"ignore_unknown_options": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(app: str, celery_args: tuple[str, ...]) -> None:
-    """Start a Celery worker for the project's app (options after -- go to celery)."""
-    argv = [sys.executable, "-m", "celery", "-A", app, "worker", *celery_args]
-    os.execv(sys.executable, argv)
+def worker(celery_args: tuple[str, ...]) -> int:
+    """Start a Celery worker in this process: -A APP (default
+    $DURABLE_CELERY_APP, or workers.app) and Celery's worker options (-Q, -c,
+    -P, -n, -l, --without-mingle ...; `durable worker --help` lists them).
+    It starts faster than `celery -A APP worker`, which loads all of
+    Celery's commands and plugins first."""
+    from .worker_command import run
+
+    return run(celery_args)
 
 
 @cli.group()

@@ -14,12 +14,19 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import croniter
 
 MISSED = ("skip", "run_latest", "run_all")
 MAX_TICKS_PER_SWEEP = 100  # run_all after a long outage catches up over several sweeps
+
+
+def _croniter() -> Any:
+    """croniter, imported by the first cron schedule: not at every start of
+    a worker or a web app that has none."""
+    from croniter import croniter
+
+    return croniter
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class Schedule:
         if (self.cron is None) == (self.every_ms is None):
             raise ValueError("a schedule needs exactly one of cron= or every=")
         if self.cron is not None and (
-            not isinstance(self.cron, str) or len(self.cron.split()) != 5 or not croniter.is_valid(self.cron)
+            not isinstance(self.cron, str) or len(self.cron.split()) != 5 or not _croniter().is_valid(self.cron)
         ):
             raise ValueError(f"cron must be a valid five-field expression, got {self.cron!r}")
         if self.every_ms is not None and self.every_ms < 1:
@@ -54,7 +61,7 @@ class Schedule:
             return (after_ms // self.every_ms + 1) * self.every_ms
         zone = ZoneInfo(self.timezone)
         start = dt.datetime.fromtimestamp(after_ms / 1000, tz=zone)
-        following: dt.datetime = croniter(self.cron, start).get_next(dt.datetime)
+        following: dt.datetime = _croniter()(self.cron, start).get_next(dt.datetime)
         return int(following.timestamp() * 1000)
 
     def ticks_due(self, next_tick_ms: int, now_ms: int) -> tuple[list[int], int]:

@@ -59,16 +59,29 @@ class Backend:
         return DurableClient(settings=self.settings(**overrides))
 
 
+# The `durable` command of this virtualenv (pip install -e .).
+DURABLE_BIN = Path(sys.executable).parent / "durable"
+
+# How a worker is started: Celery's command line, or durable's (`durable
+# worker`, Celery's worker command alone, in-process).
+WORKER_COMMANDS = {
+    "celery": [sys.executable, "-m", "celery", "-A", "workers.app", "worker"],
+    "durable": [str(DURABLE_BIN), "worker", "-A", "workers.app"],
+}
+
+
 class Worker:
-    """`celery -A workers.app worker` in its own process group."""
+    """`celery -A workers.app worker` (or `durable worker -A workers.app`)
+    in its own process group."""
 
     def __init__(self, env: dict[str, str], log_path: Path, concurrency: int = 2,
-                 queues: str = "celery", pool: str = "prefork", name: str | None = None):
+                 queues: str = "celery", pool: str = "prefork", name: str | None = None,
+                 command: str = "celery"):
         self.env = env
         self.log_path = log_path
         self.name = name or f"w{uuid.uuid4().hex[:6]}"
         self.args = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+            *WORKER_COMMANDS[command],
             "-P", pool, "-c", str(concurrency), "-Q", queues, "-n", f"{self.name}@%h",
             "--loglevel=INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]

@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 
 from durable import Status
 from durable.errors import WorkflowNotFoundError
-from tests.harness import Backend, Worker
+from tests.harness import Backend, Worker, wait_for
 
 import django  # a test dependency (pyproject's `test` extra): missing, the import fails, no skip
 
@@ -47,8 +47,13 @@ def shop(create_pg_database, redis_url: str, tmp_path_factory: pytest.TempPathFa
                     tmp / "worker.log").start()
     try:
         from durable.contrib.django import get_client
+        from durable.store.workflow_schemas import workflow_schema
 
-        yield {"client": get_client(), "backend": backend}
+        client = get_client()
+        # the worker records its workflows' parameters once its consumer is up
+        wait_for(lambda: workflow_schema(client.store.db, "shop.process_order")[1], 30,
+                 "the worker's record of shop.process_order")
+        yield {"client": client, "backend": backend}
     finally:
         worker.kill_all()
         from django.db import connections

@@ -19,7 +19,7 @@ from durable import Durable, DurableClient, Settings
 from durable.errors import UnknownWorkflowError, WorkflowInputError
 from durable.inputs import Parameters, check_against_schema
 from durable.store.workflow_schemas import workflow_schema
-from tests.harness import Backend
+from tests.harness import Backend, wait_for
 
 
 @dataclasses.dataclass
@@ -115,7 +115,9 @@ def test_enqueue_by_name_checks_what_workers_recorded(client: DurableClient, bac
     early = client.enqueue("workflow_of_a_worker_to_come", workflow_id="early")
     assert client.get(early.workflow_id).name == "workflow_of_a_worker_to_come"
     start_worker()
-    known, text = workflow_schema(client.store.db, "slow_workflow")
+    # recorded once the worker's consumer is up (a thread: not before its first messages)
+    known, text = wait_for(lambda: (r := workflow_schema(client.store.db, "slow_workflow"))[1] and r, 10,
+                           "the worker's record of slow_workflow")
     assert known and json.loads(text or "")["parameters"][1] == {
         "name": "seconds", "kind": "POSITIONAL_OR_KEYWORD", "required": True, "schema": {"type": "number"},
     }

@@ -12,6 +12,7 @@ from .flow import HELD, NOT_GATED, FlowSql
 from .leases import LeaseSql
 from .management import ManagementSql
 from .messages import Doorbell, MessagesSql
+from .prebuilt import Prebuilt
 from .rerouting import ReroutingSql
 from .retention import RetentionSql
 from .schedules import ScheduleSql
@@ -28,6 +29,20 @@ class Store(
 
     Messages, events and event waiters reference their workflow with ON DELETE
     CASCADE, so `delete_workflows` removes them too."""
+
+    def warm_up(self) -> None:
+        """Open this process's connection and compile the statements built
+        with the store (the claim, the end, ...) before a workflow needs
+        them: a pool child just forked does so while its worker is still
+        connecting to the broker, not on its first workflow (~50 ms)."""
+        if self.db.is_sqlite:
+            return
+        with self.db.driver_cursor() as cursor:
+            cursor.execute("SELECT 1")
+        for value in list(vars(self).values()):
+            for statement in value.values() if isinstance(value, dict) else [value]:
+                if isinstance(statement, Prebuilt):
+                    statement.prepare()
 
     def copy_steps(self, source_id: str, target_id: str, below_step_id: int) -> int:
         """Fork: copy the checkpoints, then give the fork the events its copied

@@ -49,6 +49,12 @@ class Prebuilt:
             found = [cursor.fetchone()] if first else cursor.fetchall()
             return [dict(zip(self._names, row)) for row in found if row is not None]
 
+    def prepare(self) -> None:
+        """Compile it now rather than on its first use (Postgres; on
+        SQLite it runs through SQLAlchemy, which caches its own)."""
+        if not self.db.is_sqlite:
+            self._driver_sql()
+
     def _driver_sql(self) -> tuple[str, dict[str, Any]]:
         """The SQL text in the driver's parameter style, and the values of the
         statement's own literals (statuses and the like)."""
