@@ -220,6 +220,7 @@ class ChainContinuations:
     def __init__(self, host: Management, celery_app: Celery):
         self.host = host
         self.celery = celery_app
+        self._tasks: dict[str, Dispatched] = {}  # by task name: built once per process
 
     def next_row(self, claim: Claim, output: str) -> dict[str, Any] | None:
         continuation = json.loads(claim.continuation or "null")
@@ -228,7 +229,10 @@ class ChainContinuations:
         first = continuation.get("first") or claim.workflow_id
         index = int(continuation["index"])
         spec, after = continuation["rest"][0], continuation["rest"][1:]
-        row = task_of(self.host, self.celery, spec).row(
+        task = self._tasks.get(spec["task"])
+        if task is None:
+            task = self._tasks[spec["task"]] = task_of(self.host, self.celery, spec)
+        row = task.row(
             arguments(spec, [ser.loads(output)]), dict(spec["kwargs"]), spec["options"],
             derived_child_id(first, index),
         )
