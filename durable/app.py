@@ -546,7 +546,9 @@ class Durable(OperatorCalls, Management):
     def chain(self, *signatures: Any) -> Canvas:
         """`chain(a.s(...), b.s(), c.si(...))`: each task a dispatched step,
         each result passed on as Celery does; `.start(...)` runs it durably."""
-        return Canvas(self._canvas_workflow, describe(celery_chain(*self._checked(signatures)), self.celery))
+        return Canvas(
+            self._canvas_workflow, describe(celery_chain(*self._checked(signatures)), self.celery), self, self.celery
+        )
 
     def group(self, *signatures: Any) -> Canvas:
         """The tasks side by side; the result is the list of their results."""

@@ -14,9 +14,14 @@ a chord's body receives that list. A group member that is itself a canvas
 runs as a child canvas workflow, so the members still run side by side.
 
 A chain of plain tasks is static: each task's end starts the next one (its
-row is inserted in the transaction that records the task's result, then
-published), and the canvas workflow is woken only by the last task or by
-one that fails. One broker hop and two commits per task, no round trip
+row is inserted in the statement that records the task's result, then
+published), and the last task's end is the chain's: it ends the canvas
+workflow with its result in the same statement. Started from outside a
+workflow, the canvas is written already waiting on its first task (the
+canvas row, its checkpoint naming the task, and the task's row, in one
+statement) and only the first task is published: the canvas workflow
+never executes unless a task fails (it is woken, replays, and ends with
+the error). One broker hop and two commits per task, no round trip
 through the workflow; recovery is unchanged, since every link is a row
 before its message exists.
 """
@@ -31,17 +36,25 @@ from celery import Celery
 from celery.canvas import Signature, maybe_signature
 
 from . import serialization as ser
+from . import tracing
 from .client import Management, WorkflowHandle
 from .context import gather, in_workflow_code
 from .dispatched_steps import Dispatched, task_workflow_name
 from .errors import NotInWorkflowError
-from .starting import derived_child_id
+from .records import Status, StepStatus
+from .starting import StartOptions, derived_child_id, new_workflow_row
 from .store import Claim
 
 CANVAS_WORKFLOW = "durable.canvas"
 
 # Signature options that durable keeps: where the task runs, and before what.
 KEPT_OPTIONS = ("queue", "priority")
+
+# Start options with which a static chain's canvas is written already
+# waiting on its first task; any other (a queue, which may be limited, a
+# dedup key, a delay, a timeout...) starts the canvas workflow, which
+# starts the first task.
+WAITING_START_OPTIONS = frozenset({"workflow_id", "priority", "max_recovery_attempts", "on_duplicate"})
 
 
 class CanvasWorkflow(Protocol):
@@ -101,13 +114,56 @@ class Canvas:
     """A durable canvas not started yet: `.start(workflow_id=..., ...)`
     takes a workflow's start options and returns its handle."""
 
-    def __init__(self, workflow: CanvasWorkflow, spec: dict[str, Any]):
+    def __init__(
+        self, workflow: CanvasWorkflow, spec: dict[str, Any],
+        host: Management | None = None, celery_app: Celery | None = None,
+    ):
         self.workflow = workflow
         self.spec = spec
+        self.host = host
+        self.celery = celery_app
 
     def start(self, **options: Any) -> WorkflowHandle:
+        if (
+            self.host is not None and self.celery is not None and is_static_chain(self.spec)
+            and set(options) <= WAITING_START_OPTIONS and in_workflow_code() is None
+        ):
+            with tracing.enqueue_span(CANVAS_WORKFLOW, None):
+                return self.start_waiting(self.host, self.celery, StartOptions(**options))
         handle: WorkflowHandle = self.workflow.options(**options).start(self.spec, [])
         return handle
+
+    def start_waiting(self, host: Management, celery_app: Celery, opts: StartOptions) -> WorkflowHandle:
+        """A static chain: the canvas row, as its workflow's first execution
+        would leave it (suspended, its checkpoint #0 naming the first task),
+        and the first task's row, in one statement; then the first task's
+        message. An existing workflow ID returns that workflow's handle."""
+        row = new_workflow_row(
+            host.settings, name=CANVAS_WORKFLOW, args=(self.spec, []), kwargs={},
+            workflow_id=opts.workflow_id, priority=opts.priority,
+            max_recovery_attempts=opts.max_recovery_attempts, clock=host.clock,
+        )
+        canvas_id, now = row["workflow_id"], row["created_at_ms"]
+        row.update(status=Status.PENDING.value, redispatch_at_ms=None, started_at_ms=now)
+        tasks = self.spec["tasks"]
+        first = task_of(host, celery_app, tasks[0]).row(
+            arguments(tasks[0], []), dict(tasks[0]["kwargs"]), tasks[0]["options"], derived_child_id(canvas_id, 0)
+        )
+        first["parent_workflow_id"] = canvas_id
+        first["continuation"] = json.dumps({"index": 1, "rest": tasks[1:]})
+        checkpoint = dict(  # what Execution.start_child records at step #0
+            workflow_id=canvas_id, step_id=0, name=f"start:{first['name']}", status=StepStatus.SUCCESS.value,
+            output=ser.dumps(first["workflow_id"]), attempts=1, child_workflow_id=first["workflow_id"],
+            started_at_ms=now, completed_at_ms=now,
+        )
+        if host.store.start_waiting_on_child(row, checkpoint, first):
+            host.start_dispatcher.publish(first["workflow_id"], first["name"], first["queue"], first["priority"])
+        return WorkflowHandle(canvas_id, host)
+
+
+def is_static_chain(spec: dict[str, Any]) -> bool:
+    """A chain of plain tasks: each task's end starts the next one."""
+    return spec["kind"] == "chain" and bool(spec["tasks"]) and all(t["kind"] == "task" for t in spec["tasks"])
 
 
 class CanvasRunner:
@@ -125,7 +181,7 @@ class CanvasRunner:
     def run(self, spec: dict[str, Any], carry: list[Any]) -> Any:
         """`carry` is [the previous result] after a task, [] at the start."""
         kind = spec["kind"]
-        if kind == "chain" and spec["tasks"] and all(t["kind"] == "task" for t in spec["tasks"]):
+        if is_static_chain(spec):
             return self.run_static_chain(spec["tasks"], carry)
         if kind == "chain":
             for member in spec["tasks"]:
@@ -142,8 +198,8 @@ class CanvasRunner:
         execution = in_workflow_code()
         if execution is None:
             raise NotInWorkflowError("a durable canvas runs inside its workflow")
-        rest = tasks[1:]
-        continuation = json.dumps({"index": 1, "rest": rest}) if rest else None
+        # every link carries a continuation, the last one an empty rest: its end ends this workflow
+        continuation = json.dumps({"index": 1, "rest": tasks[1:]})
         first = self.spawn(tasks[0], carry, continuation).workflow_id
         links = [first] + [derived_child_id(first, index) for index in range(1, len(tasks))]
         return execution.await_sequence(links)
@@ -164,6 +220,7 @@ class ChainContinuations:
     def __init__(self, host: Management, celery_app: Celery):
         self.host = host
         self.celery = celery_app
+        self._tasks: dict[str, Dispatched] = {}  # by task name: built once per process
 
     def next_row(self, claim: Claim, output: str) -> dict[str, Any] | None:
         continuation = json.loads(claim.continuation or "null")
@@ -172,13 +229,15 @@ class ChainContinuations:
         first = continuation.get("first") or claim.workflow_id
         index = int(continuation["index"])
         spec, after = continuation["rest"][0], continuation["rest"][1:]
-        row = task_of(self.host, self.celery, spec).row(
+        task = self._tasks.get(spec["task"])
+        if task is None:
+            task = self._tasks[spec["task"]] = task_of(self.host, self.celery, spec)
+        row = task.row(
             arguments(spec, [ser.loads(output)]), dict(spec["kwargs"]), spec["options"],
             derived_child_id(first, index),
         )
         row["parent_workflow_id"] = claim.parent_workflow_id
-        if after:
-            row["continuation"] = json.dumps({"first": first, "index": index + 1, "rest": after})
+        row["continuation"] = json.dumps({"first": first, "index": index + 1, "rest": after})
         return row
 
 

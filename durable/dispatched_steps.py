@@ -141,7 +141,10 @@ def celery_route(
     task = app.tasks.get(task_name)
     if task is not None and getattr(task, "queue", None) and "queue" not in merged:
         merged["queue"] = task.queue
-    route = app.amqp.router.route(merged, task_name, args, kwargs)
+    router = app.amqp.router
+    if not router.routes:  # what route() gives then, without its work (on every link of a chain)
+        return str(_queue_name(merged.get("queue") or app.conf.task_default_queue))
+    route = router.route(merged, task_name, args, kwargs)
     return str(_queue_name(route.get("queue") or app.conf.task_default_queue))
 
 

@@ -122,7 +122,9 @@ class Position:
 class Continuations(Protocol):
     """Builds the next workflow of a static chain when one ends (canvas.py)."""
 
-    def next_row(self, claim: Claim, output: str) -> dict[str, Any] | None: ...
+    def next_row(self, claim: Claim, output: str) -> dict[str, Any] | None:
+        """The next link's row; None after the last link (a workflow with a
+        continuation and no next row ends its parent with its output)."""
 
 
 @dataclass(frozen=True)
@@ -191,17 +193,20 @@ class Execution:
 
     def _finish(self, status: Status, output: str | None = None, error: str | None = None) -> bool:
         next_row = None
+        ends_parent = False  # the last link of a static chain: its end is the chain's
         if status is Status.SUCCESS and self.claim.continuation and output is not None:
             try:
                 if self.collaborators.continuations is None:
                     raise RuntimeError("this execution was given no chain continuations")
                 next_row = self.collaborators.continuations.next_row(self.claim, output)
+                ends_parent = next_row is None and self.claim.parent_workflow_id is not None
             except Exception as exc:  # the chain cannot go on: this link fails, its parent learns why
                 status, output, error = Status.ERROR, None, ser.dumps_error(exc)
         ended, parent = retry_while_unavailable(
             lambda: self.store.finish(
                 self.workflow_id, self.epoch, status, self.clock.now_ms(), output, error,
                 has_parent=self.claim.parent_workflow_id is not None, next_row=next_row,
+                ends_parent=ends_parent,
             ),
             "ending a workflow", clock=self.clock,
         )

@@ -86,6 +86,8 @@ class ExecutionSql(StoreBase):
         self.app_version: str | None = None
         self._finish_stmt = Prebuilt(database, _build_finish())
         self._finish_then_start: dict[tuple[str, ...], Prebuilt] = {}
+        self._finish_with_parent_stmt = Prebuilt(database, _build_finish_with_parent())
+        self._start_with_child: dict[tuple[tuple[str, ...], ...], Prebuilt] = {}
         self._suspend_stmts = {
             waits_for_timer: Prebuilt(database, _build_suspend(waits_for_timer))
             for waits_for_timer in (False, True)
@@ -353,14 +355,37 @@ class ExecutionSql(StoreBase):
         error: str | None = None,
         has_parent: bool = True,
         next_row: dict[str, Any] | None = None,
+        ends_parent: bool = False,
     ) -> tuple[bool, str | None]:
         """End the execution's workflow; wake its parent in the same transaction.
-        Returns (ended, parent_workflow_id). Without a parent the end is one
-        statement. With `next_row` (the next workflow of a static chain, a
-        sibling with the same parent) the end inserts it instead: the parent
-        is woken by the chain's last workflow, or by one that fails."""
+        Returns (ended, the workflow woken: to publish). Without a parent the
+        end is one statement. With `next_row` (the next workflow of a static
+        chain, a sibling with the same parent) the end inserts it instead: the
+        parent is woken by the chain's last workflow, or by one that fails.
+        `ends_parent` (the last workflow of a static chain, succeeding): its
+        output is the parent's too, and the parent, waiting suspended for
+        it, ends SUCCESS in the same statement instead of being woken to
+        replay and end (then the parent's own parent is woken); a parent
+        that is running meanwhile is woken, as without it."""
         params = dict(wid=workflow_id, epoch=epoch, new_status=status.value, out=output,
                       err=error, now=now_ms)
+        if ends_parent and not self.db.is_sqlite:
+            row = self._finish_with_parent_stmt.first(params)
+            if row is None:
+                return False, None
+            return True, row["woken"]
+        if ends_parent:
+            with self.db.begin() as conn:
+                row = self._finish_stmt.first(params, conn)
+                if row is None:
+                    return False, None
+                woken = parent = row["parent_workflow_id"]
+                ended_parent = conn.execute(_end_waiting_parent(parent, output, now_ms)).first() if parent else None
+                if ended_parent is not None:
+                    woken = ended_parent.parent_workflow_id
+                if woken:
+                    self._wake(conn, woken, now_ms)
+            return True, woken
         if next_row is not None and self.db.is_sqlite:  # no UPDATE inside a WITH there
             with self.db.begin() as conn:
                 if self._finish_stmt.first(params, conn) is None:
@@ -394,6 +419,31 @@ class ExecutionSql(StoreBase):
             if parent:
                 self._wake(conn, parent, now_ms)
         return True, parent
+
+    def start_waiting_on_child(
+        self, row: dict[str, Any], step_values: dict[str, Any], child_row: dict[str, Any]
+    ) -> bool:
+        """Insert a workflow that starts already waiting on its first child
+        (a static chain's canvas and its first link): its row (PENDING,
+        unleased, no timer: suspended), its checkpoint naming the child, and
+        the child's row, all or nothing, in one statement on Postgres.
+        False: a workflow with that ID exists (nothing is written). The
+        rows take no dedup key."""
+        if self.db.is_sqlite:
+            with self.db.begin() as conn:
+                if not self.insert_workflow(row, conn=conn).created:
+                    return False
+                conn.execute(self._insert(steps).values(**step_values))
+                self.insert_workflow(child_row, conn=conn)
+            return True
+        key = (tuple(sorted(row)), tuple(sorted(step_values)), tuple(sorted(child_row)))
+        stmt = self._start_with_child.get(key)
+        if stmt is None:
+            stmt = self._start_with_child[key] = Prebuilt(self.db, _build_start_waiting_on_child(self._insert, *key))
+        params = {f"p_{k}": v for k, v in row.items()}
+        params.update({f"s_{k}": v for k, v in step_values.items()})
+        params.update({f"c_{k}": v for k, v in child_row.items()})
+        return stmt.first(params) is not None
 
     def outcomes(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Status, output and error of these workflows (those that exist)."""
@@ -507,6 +557,89 @@ def _build_finish_then_start(insert: Any, columns: tuple[str, ...]) -> Executabl
         insert(workflows).from_select(list(columns), source)
         .on_conflict_do_nothing(index_elements=["workflow_id"])
         .returning(W.workflow_id)
+    )
+    return statement
+
+
+def _build_start_waiting_on_child(
+    insert: Any, columns: tuple[str, ...], step_columns: tuple[str, ...], child_columns: tuple[str, ...]
+) -> ExecutableReturnsRows:
+    """The parent's INSERT (nothing if its ID exists), then its checkpoint
+    and the child's INSERT only if it was inserted: one round trip."""
+    parent = (
+        insert(workflows)
+        .values({c: bindparam(f"p_{c}", type_=W[c].type) for c in columns})
+        .on_conflict_do_nothing(index_elements=["workflow_id"])
+        .returning(W.workflow_id)
+        .cte("parent")
+    )
+    checkpoint = (
+        insert(steps)
+        .from_select(list(step_columns), select(
+            *[bindparam(f"s_{c}", type_=_STEP_TYPES[c]) for c in step_columns]
+        ).where(exists(select(parent.c.workflow_id))))
+        .returning(S.step_id)
+        .cte("checkpoint")
+    )
+    statement: ExecutableReturnsRows = (
+        insert(workflows)
+        .from_select(list(child_columns), select(
+            *[bindparam(f"c_{c}", type_=W[c].type) for c in child_columns]
+        ).where(exists(select(checkpoint.c.step_id))))
+        .returning(W.workflow_id)
+    )
+    return statement
+
+
+def _end_waiting_parent(parent_id: str, output: str | None, now_ms: int) -> Any:
+    """End SUCCESS a parent waiting suspended (not running) with `output`."""
+    return (
+        update(workflows)
+        .where(W.workflow_id == parent_id, W.status == Status.PENDING.value, W.lease_owner.is_(None))
+        .values(
+            status=Status.SUCCESS.value, output=output, error=None, redispatch_at_ms=None,
+            completed_at_ms=now_ms, updated_at_ms=now_ms,
+        )
+        .returning(W.parent_workflow_id)
+    )
+
+
+def _build_finish_with_parent() -> ExecutableReturnsRows:
+    """End the last link of a static chain and, in the same statement, its
+    parent (the canvas) when it waits suspended; otherwise wake the parent.
+    A parent ended here wakes its own parent instead. `woken`: the
+    workflow woken, to publish (None in the common case, a top-level canvas)."""
+    finish: Any = _build_finish()
+    ended = finish.cte("ended")
+    parent_ended = (
+        update(workflows)
+        .where(
+            W.workflow_id == ended.c.parent_workflow_id,
+            W.status == Status.PENDING.value, W.lease_owner.is_(None),
+        )
+        .values(
+            status=Status.SUCCESS.value, output=bindparam("out"), error=None, redispatch_at_ms=None,
+            completed_at_ms=bindparam("now"), updated_at_ms=bindparam("now"),
+        )
+        .returning(W.parent_workflow_id.label("grandparent"))
+        .cte("parent_ended")
+    )
+    to_wake = func.coalesce(
+        select(parent_ended.c.grandparent).scalar_subquery(),
+        case((exists(select(parent_ended.c.grandparent)), None), else_=ended.c.parent_workflow_id),
+    )
+    woken = (
+        update(workflows)
+        .where(
+            W.workflow_id == to_wake,
+            or_(W.status == Status.ENQUEUED.value, W.status == Status.PENDING.value),
+        )
+        .values(redispatch_at_ms=bindparam("now"))
+        .returning(W.workflow_id)
+        .cte("woken")
+    )
+    statement: ExecutableReturnsRows = select(
+        ended.c.parent_workflow_id, select(woken.c.workflow_id).scalar_subquery().label("woken"),
     )
     return statement
 

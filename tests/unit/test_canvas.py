@@ -47,10 +47,13 @@ def test_a_chain_passes_results_as_celery_does(cluster: Cluster, tasks: dict[str
     handle = dur.chain(
         tasks["resize"].s("img-1", 128), tasks["upload"].s(bucket="thumbs"), tasks["notify"].si("done")
     ).start(workflow_id="img-1")
-    # the canvas workflow runs twice (start, end); each task's end starts the next
-    assert cluster.drive() == ["executed"] * 5
+    # each task's end starts the next, the last one's ends the canvas: its workflow never runs
+    assert cluster.drive() == ["executed"] * 3
     assert handle.workflow_id == "img-1"
     assert handle.result(timeout=0) == "DONE"  # .si(): the previous result is not passed
+    assert [(s.name, s.child_workflow_id) for s in dur.list_steps("img-1")] == [
+        ("start:durable.task:img.resize", "img-1-0")  # as the canvas workflow would have recorded
+    ]
     assert tasks["calls"] == ["resize img-1", "upload img-1@128", "notify done"]
     assert cluster.status("img-1-0").queue == "images"  # Celery's routing for img.resize
     upload = cluster.status("img-1-0-1")
@@ -61,8 +64,7 @@ def test_a_chain_passes_results_as_celery_does(cluster: Cluster, tasks: dict[str
 def test_a_static_chain_survives_a_lost_message_between_links(cluster: Cluster, tasks: dict[str, Any]) -> None:
     dur = cluster.dur
     handle = dur.chain(tasks["resize"].s("m", 1), tasks["upload"].s(), tasks["notify"].si("x")).start()
-    for _ in range(2):  # the canvas and the first link; the second link's message...
-        dur.runner.execute(*cluster.dispatcher.pending.pop(0))
+    dur.runner.execute(*cluster.dispatcher.pending.pop(0))  # the first link; the second link's message...
     assert len(cluster.dispatcher.pending) == 1
     cluster.dispatcher.pending.clear()  # ...is lost with the broker
     cluster.clock.advance(dur.settings.redelivery_seconds + 1)
@@ -70,6 +72,47 @@ def test_a_static_chain_survives_a_lost_message_between_links(cluster: Cluster, 
     cluster.drive()
     assert handle.result(timeout=0) == "X"
     assert tasks["calls"] == ["resize m", "upload m@1", "notify x"]
+
+
+def test_a_chain_started_through_its_workflow_ends_with_its_last_task(
+    cluster: Cluster, tasks: dict[str, Any]
+) -> None:
+    dur = cluster.dur
+    # a queue (it may be limited) starts the canvas workflow, which starts the first task
+    handle = dur.chain(tasks["resize"].s("w", 4), tasks["upload"].s()).start(workflow_id="w", queue="canvases")
+    assert cluster.drive() == ["executed"] * 3  # the canvas once, then each task; the last ends the canvas
+    assert handle.result(timeout=0) == "b/w@4"
+    assert [s.name for s in dur.list_steps("w")] == ["start:durable.task:img.resize"]
+
+
+def test_a_chain_started_again_with_its_id_is_not_run_twice(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    first = dur.chain(tasks["notify"].si("once")).start(workflow_id="once")
+    again = dur.chain(tasks["notify"].si("twice")).start(workflow_id="once")
+    assert again.workflow_id == first.workflow_id == "once"
+    assert cluster.drive() == ["executed"]
+    assert first.result(timeout=0) == "ONCE"
+    assert tasks["calls"] == ["notify once"]
+
+
+def test_a_last_task_ending_while_its_canvas_runs_wakes_it(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    """A last task that ends while its canvas is running (a stray message
+    made it run) wakes the canvas instead of ending it; the canvas's
+    suspension sees the wake-up, and its next execution ends it with the
+    task's result."""
+    dur = cluster.dur
+    handle = dur.chain(tasks["notify"].si("a")).start(workflow_id="busy")
+    now = cluster.clock.now_ms()
+    claim = dur.store.claim("busy", "elsewhere:1", now, 60_000, name_hint="durable.canvas")
+    assert claim is not None  # the canvas runs meanwhile
+    # the task; its wake-up's message finds the canvas's lease held
+    assert cluster.drive() == ["executed", "skipped"]
+    assert handle.status().status is Status.PENDING
+    redispatch = dur.store.suspend("busy", claim.epoch, None, now)
+    assert isinstance(redispatch, int) and redispatch <= cluster.clock.now_ms()  # woken while it ran
+    assert dur.runner.execute("busy", "durable.canvas") == "executed"
+    assert handle.result(timeout=0) == "A"
+    assert [s.name for s in dur.list_steps("busy")] == ["start:durable.task:img.notify", "durable.chain.result"]
 
 
 def test_group_and_chord(cluster: Cluster, tasks: dict[str, Any]) -> None:
