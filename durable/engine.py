@@ -202,14 +202,21 @@ class Execution:
                 ends_parent = next_row is None and self.claim.parent_workflow_id is not None
             except Exception as exc:  # the chain cannot go on: this link fails, its parent learns why
                 status, output, error = Status.ERROR, None, ser.dumps_error(exc)
-        ended, parent = retry_while_unavailable(
-            lambda: self.store.finish(
-                self.workflow_id, self.epoch, status, self.clock.now_ms(), output, error,
-                has_parent=self.claim.parent_workflow_id is not None, next_row=next_row,
-                ends_parent=ends_parent,
-            ),
-            "ending a workflow", clock=self.clock,
-        )
+        if ends_parent and output is not None:
+            ended, parent, parent_ended = retry_while_unavailable(
+                lambda: self.store.finish_last_link(self.workflow_id, self.epoch, self.clock.now_ms(), output),
+                "ending a chain", clock=self.clock,
+            )
+            if parent_ended is not None:
+                metrics.WORKFLOWS_ENDED.labels(parent_ended, Status.SUCCESS.value).inc()
+        else:
+            ended, parent = retry_while_unavailable(
+                lambda: self.store.finish(
+                    self.workflow_id, self.epoch, status, self.clock.now_ms(), output, error,
+                    has_parent=self.claim.parent_workflow_id is not None, next_row=next_row,
+                ),
+                "ending a workflow", clock=self.clock,
+            )
         if ended and next_row is not None:
             self.dispatcher.publish(next_row["workflow_id"], next_row["name"], next_row["queue"], next_row["priority"])
         if ended and parent:

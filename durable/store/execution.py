@@ -355,37 +355,15 @@ class ExecutionSql(StoreBase):
         error: str | None = None,
         has_parent: bool = True,
         next_row: dict[str, Any] | None = None,
-        ends_parent: bool = False,
     ) -> tuple[bool, str | None]:
         """End the execution's workflow; wake its parent in the same transaction.
-        Returns (ended, the workflow woken: to publish). Without a parent the
-        end is one statement. With `next_row` (the next workflow of a static
-        chain, a sibling with the same parent) the end inserts it instead: the
-        parent is woken by the chain's last workflow, or by one that fails.
-        `ends_parent` (the last workflow of a static chain, succeeding): its
-        output is the parent's too, and the parent, waiting suspended for
-        it, ends SUCCESS in the same statement instead of being woken to
-        replay and end (then the parent's own parent is woken); a parent
-        that is running meanwhile is woken, as without it."""
+        Returns (ended, parent_workflow_id). Without a parent the end is one
+        statement. With `next_row` (the next workflow of a static chain, a
+        sibling with the same parent) the end inserts it instead: the parent
+        is woken by the chain's last workflow (see `finish_last_link`), or by
+        one that fails."""
         params = dict(wid=workflow_id, epoch=epoch, new_status=status.value, out=output,
                       err=error, now=now_ms)
-        if ends_parent and not self.db.is_sqlite:
-            row = self._finish_with_parent_stmt.first(params)
-            if row is None:
-                return False, None
-            return True, row["woken"]
-        if ends_parent:
-            with self.db.begin() as conn:
-                row = self._finish_stmt.first(params, conn)
-                if row is None:
-                    return False, None
-                woken = parent = row["parent_workflow_id"]
-                ended_parent = conn.execute(_end_waiting_parent(parent, output, now_ms)).first() if parent else None
-                if ended_parent is not None:
-                    woken = ended_parent.parent_workflow_id
-                if woken:
-                    self._wake(conn, woken, now_ms)
-            return True, woken
         if next_row is not None and self.db.is_sqlite:  # no UPDATE inside a WITH there
             with self.db.begin() as conn:
                 if self._finish_stmt.first(params, conn) is None:
@@ -444,6 +422,34 @@ class ExecutionSql(StoreBase):
         params.update({f"s_{k}": v for k, v in step_values.items()})
         params.update({f"c_{k}": v for k, v in child_row.items()})
         return stmt.first(params) is not None
+
+    def finish_last_link(
+        self, workflow_id: str, epoch: int, now_ms: int, output: str
+    ) -> tuple[bool, str | None, str | None]:
+        """End the last workflow of a static chain SUCCESS; its output is its
+        parent's (the canvas's) too. The parent, waiting suspended for it,
+        ends SUCCESS in the same statement instead of being woken to replay
+        and end, and the parent's own parent, if any, is woken; a parent that
+        is running meanwhile is woken instead. Returns (ended, the workflow
+        woken: to publish, the name of the parent ended here)."""
+        params = dict(wid=workflow_id, epoch=epoch, new_status=Status.SUCCESS.value, out=output,
+                      err=None, now=now_ms)
+        if not self.db.is_sqlite:
+            row = self._finish_with_parent_stmt.first(params)
+            if row is None:
+                return False, None, None
+            return True, row["woken"], row["parent_ended"]
+        with self.db.begin() as conn:
+            row = self._finish_stmt.first(params, conn)
+            if row is None:
+                return False, None, None
+            woken = parent = row["parent_workflow_id"]
+            ended_parent = conn.execute(_end_waiting_parent(parent, output, now_ms)).first() if parent else None
+            if ended_parent is not None:
+                woken = ended_parent.parent_workflow_id
+            if woken:
+                self._wake(conn, woken, now_ms)
+        return True, woken, None if ended_parent is None else ended_parent.name
 
     def outcomes(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         """Status, output and error of these workflows (those that exist)."""
@@ -600,7 +606,7 @@ def _end_waiting_parent(parent_id: str, output: str | None, now_ms: int) -> Any:
             status=Status.SUCCESS.value, output=output, error=None, redispatch_at_ms=None,
             completed_at_ms=now_ms, updated_at_ms=now_ms,
         )
-        .returning(W.parent_workflow_id)
+        .returning(W.parent_workflow_id, W.name)
     )
 
 
@@ -608,7 +614,8 @@ def _build_finish_with_parent() -> ExecutableReturnsRows:
     """End the last link of a static chain and, in the same statement, its
     parent (the canvas) when it waits suspended; otherwise wake the parent.
     A parent ended here wakes its own parent instead. `woken`: the
-    workflow woken, to publish (None in the common case, a top-level canvas)."""
+    workflow woken, to publish (None in the common case, a top-level canvas);
+    `parent_ended`: the name of the parent ended here, if it was."""
     finish: Any = _build_finish()
     ended = finish.cte("ended")
     parent_ended = (
@@ -621,7 +628,7 @@ def _build_finish_with_parent() -> ExecutableReturnsRows:
             status=Status.SUCCESS.value, output=bindparam("out"), error=None, redispatch_at_ms=None,
             completed_at_ms=bindparam("now"), updated_at_ms=bindparam("now"),
         )
-        .returning(W.parent_workflow_id.label("grandparent"))
+        .returning(W.parent_workflow_id.label("grandparent"), W.name)
         .cte("parent_ended")
     )
     to_wake = func.coalesce(
@@ -640,6 +647,7 @@ def _build_finish_with_parent() -> ExecutableReturnsRows:
     )
     statement: ExecutableReturnsRows = select(
         ended.c.parent_workflow_id, select(woken.c.workflow_id).scalar_subquery().label("woken"),
+        select(parent_ended.c.name).scalar_subquery().label("parent_ended"),
     )
     return statement
 

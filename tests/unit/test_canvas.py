@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from durable import Status
+from durable import Status, metrics
 
 from .conftest import Cluster, SimulatedCrash
 
@@ -44,6 +44,8 @@ def tasks(cluster: Cluster) -> dict[str, Any]:
 
 def test_a_chain_passes_results_as_celery_does(cluster: Cluster, tasks: dict[str, Any]) -> None:
     dur = cluster.dur
+    ended = metrics.WORKFLOWS_ENDED.labels("durable.canvas", "SUCCESS")
+    ended_before = ended._value.get()
     handle = dur.chain(
         tasks["resize"].s("img-1", 128), tasks["upload"].s(bucket="thumbs"), tasks["notify"].si("done")
     ).start(workflow_id="img-1")
@@ -54,6 +56,7 @@ def test_a_chain_passes_results_as_celery_does(cluster: Cluster, tasks: dict[str
     assert [(s.name, s.child_workflow_id) for s in dur.list_steps("img-1")] == [
         ("start:durable.task:img.resize", "img-1-0")  # as the canvas workflow would have recorded
     ]
+    assert ended._value.get() == ended_before + 1  # ended by its last task's execution
     assert tasks["calls"] == ["resize img-1", "upload img-1@128", "notify done"]
     assert cluster.status("img-1-0").queue == "images"  # Celery's routing for img.resize
     upload = cluster.status("img-1-0-1")
