@@ -58,8 +58,6 @@ class AsyncStarts:
         """INSERT the row, autocommit; an existing ID is absorbed by ON
         CONFLICT, as in the synchronous start. Driver errors propagate (the
         caller falls back to the synchronous path, which classifies them)."""
-        import psycopg
-
         values = insert_params(row)
         sql, constants = self._insert_sql(tuple(sorted(k[2:] for k in values)))
         params = {**constants, **values}
@@ -68,7 +66,7 @@ class AsyncStarts:
             async with conn.cursor() as cursor:
                 await cursor.execute(sql, params)
                 inserted = await cursor.fetchone()
-        except psycopg.Error:
+        except BaseException:  # an error, or the caller cancelled mid-statement: its state is unknown
             _drop(conn)
             raise
         self._release(conn)
