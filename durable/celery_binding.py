@@ -236,14 +236,19 @@ def record_inputs(runner: Runner) -> None:
     now = runner.clock.now_ms()
     rows = []
     try:
-        for name, workflow in list(runner.registry.items()):
-            parameters = getattr(workflow, "parameters", None)
-            if isinstance(parameters, Parameters) and not name.startswith("durable."):
-                rows.append(dict(
-                    name=name, parameters=dumps_schema(parameters),
-                    app_version=runner.settings.app_version or None, updated_at_ms=now,
-                ))
+        # All of it, not only the write: building the schemas imports
+        # pydantic, and a pool child forked while this thread holds an
+        # import's module lock would wait for that lock forever at its own
+        # first import of the module (seen: a replacement child stuck in a
+        # workflow's start(), which checks inputs with pydantic).
         with no_fork_meanwhile():
+            for name, workflow in list(runner.registry.items()):
+                parameters = getattr(workflow, "parameters", None)
+                if isinstance(parameters, Parameters) and not name.startswith("durable."):
+                    rows.append(dict(
+                        name=name, parameters=dumps_schema(parameters),
+                        app_version=runner.settings.app_version or None, updated_at_ms=now,
+                    ))
             record_workflow_schemas(runner.store.db, rows)
     except Exception as exc:  # noqa: BLE001 - clients check against older records meanwhile
         logger.warning("could not record the workflows' parameters: %s", exc)

@@ -8,7 +8,12 @@ a fork in the middle of one of those calls hands the new child a mutex
 held by a thread it does not have, and its first database call hangs
 forever (the child never runs a task; its workflows wait for nobody).
 
-The worker's main process runs its database calls inside
+Python's own import locks are the same hazard: a module being imported
+by another thread at the fork is locked for good in the child, whose first
+import of it never returns.
+
+The worker's main process runs its database calls, and a thread's work
+that imports (recording the workflows' parameters loads pydantic), inside
 `no_fork_meanwhile()`; a fork waits for them to finish. Pool children,
 which fork nothing, need not.
 """
