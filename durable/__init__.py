@@ -21,13 +21,14 @@ from .settings import Settings
 from .starting import StartOptions
 
 if TYPE_CHECKING:
-    from .app import Durable, StepFunction, WorkflowFunction
+    from .app import Durable
+    from .functions import StepFunction, WorkflowFunction
     from .helpers import get_event, recv, send, set_event
 
 _LAZY = {
     "Durable": "durable.app",
-    "WorkflowFunction": "durable.app",
-    "StepFunction": "durable.app",
+    "WorkflowFunction": "durable.functions",
+    "StepFunction": "durable.functions",
     "send": "durable.helpers",
     "recv": "durable.helpers",
     "set_event": "durable.helpers",

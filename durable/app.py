@@ -3,36 +3,33 @@
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import inspect
 import logging
 import weakref
-from dataclasses import replace
-from typing import Any, Callable, Generic, TypeVar, overload
+from typing import Any, Callable, TypeVar, overload
 
 from celery import Celery
 from celery.canvas import chain as celery_chain, chord as celery_chord, group as celery_group
 
-from . import celery_binding, sagas, tracing
+from . import celery_binding
 from .breakers import CircuitBreaker
 from .canvas import CANVAS_WORKFLOW, Canvas, CanvasRunner, ChainContinuations, describe, signatures
 from .client import Management, WorkflowHandle
 from .clock import SYSTEM_CLOCK, Clock
-from .context import in_workflow_code
 from .database import Database
 from .background_publish import BackgroundDispatcher
 from .dispatch import TASK_PREFIX, CeleryDispatcher, Dispatcher, configure_app
 from .dispatched_steps import Dispatched, StepAsWorkflow, TaskStep, step_workflow_name, task_workflow_name
 from .engine import Collaborators
 from .flow_admin import OperatorCalls
-from .inputs import Parameters
+from .functions import StepFunction, WorkflowFunction
 from .limits import QueueLimits
 from .messaging import Messaging
 from .retry import RetryPolicy
 from .runner import Runner
 from .schedules import Schedule, seconds_to_ms
 from .settings import Settings
-from .starting import StartOptions, check_name, new_workflow_row, start_workflow
+from .starting import StartOptions, check_name
 from .store import Store
 from .store.db_clock import database_clock
 from .transactions import Transactions, check_transaction_signature, load_orm
@@ -49,132 +46,6 @@ _apps: "weakref.WeakSet[Durable]" = weakref.WeakSet()
 
 def known_apps() -> list["Durable"]:
     return list(_apps)
-
-
-class WorkflowFunction(Generic[R]):
-    """A registered workflow. Call it to run it inline (no durability), or
-    `start()` it to run it durably on a worker."""
-
-    def __init__(self, durable: "Durable", fn: Callable[..., R], name: str, defaults: StartOptions):
-        self.durable = durable
-        self.fn = fn
-        self.name = name
-        self.defaults = defaults
-        functools.update_wrapper(self, fn)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> R:
-        return self.fn(*args, **kwargs)
-
-    def options(self, **options: Any) -> "BoundStart[R]":
-        return BoundStart(self, replace(self.defaults, **options))
-
-    def start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
-        return BoundStart(self, self.defaults).start(*args, **kwargs)
-
-    @functools.cached_property
-    def parameters(self) -> Parameters:
-        """Its parameters' type hints: start() checks them, workers record
-        them for clients that enqueue by name (durable/inputs.py)."""
-        return Parameters(self.fn, self.name)
-
-    @property
-    def max_recovery_attempts(self) -> int | None:
-        return self.defaults.max_recovery_attempts
-
-    @property
-    def on_crash_queue(self) -> str | None:
-        return None  # a workflow's lost execution is recovered where it was
-
-
-class BoundStart(Generic[R]):
-    def __init__(self, workflow: WorkflowFunction[R], options: StartOptions):
-        self.workflow = workflow
-        self.opts = options
-
-    def start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
-        with tracing.enqueue_span(self.workflow.name, self.opts.queue):
-            return self._start(*args, **kwargs)
-
-    def _start(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
-        durable = self.workflow.durable
-        execution = in_workflow_code()
-        row = new_workflow_row(
-            durable.settings,
-            name=self.workflow.name,
-            args=args,
-            kwargs=kwargs,
-            # a child's ID is derived from its parent's history: deterministic
-            workflow_id=self.opts.workflow_id or ("" if execution is not None else None),
-            queue=self.opts.queue,
-            dedup_key=self.opts.dedup_key,
-            priority=self.opts.priority,
-            timeout_seconds=self.opts.timeout,
-            max_recovery_attempts=self.opts.max_recovery_attempts,
-            clock=durable.clock,
-            partition_key=self.opts.partition_key,
-            start_at_ms=self.opts.start_at_ms(durable.clock.now_ms()),
-        )
-        self.workflow.parameters.check(args, kwargs)  # WorkflowInputError naming the parameter
-        if execution is not None:
-            return WorkflowHandle(
-                execution.start_child(row, self.workflow.name, on_duplicate=self.opts.on_duplicate), durable
-            )
-        workflow_id = start_workflow(
-            durable.store, durable.start_dispatcher, row, self.opts.on_duplicate, durable.clock,
-            debounce=self.opts.debounce is not None,
-        )
-        return WorkflowHandle(workflow_id, durable)
-
-
-class StepFunction:
-    """A registered step: checkpointed when called inside a workflow, a plain
-    call elsewhere (and inside another step). A dispatched step (`queue=`)
-    runs as its own Celery task on that queue; the workflow waits for it
-    suspended (see `dispatched_steps.py`)."""
-
-    def __init__(
-        self, fn: Callable[..., Any], name: str, policy: RetryPolicy,
-        transactions: Transactions | None = None, isolation: str | None = None,
-        dispatched: Dispatched | None = None, compensate: Callable[..., Any] | None = None,
-        circuit: CircuitBreaker | None = None,
-    ):
-        self.fn = fn
-        self.name = name
-        self.policy = policy
-        self.transactions = transactions  # set for a @transaction step
-        self.isolation = isolation
-        self.dispatched = dispatched
-        self.compensate = compensate  # its undo in a saga: compensate(result, *args, **kwargs)
-        self.circuit = circuit  # the breaker its attempts pass and count in
-        functools.update_wrapper(self, fn)
-
-    @property
-    def transactional(self) -> bool:
-        return self.transactions is not None
-
-    def spawn(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
-        """Start a dispatched step and return its handle at once: `result()`
-        (or `durable.gather`) waits for it."""
-        if self.dispatched is None:
-            raise TypeError(
-                f"step {self.name!r} runs inline; spawn() needs a dispatched step: @dur.step(queue=...)"
-            )
-        return self.dispatched.spawn(args, kwargs)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        result = self._call(args, kwargs)
-        sagas.on_step_success(self.compensate, result, args, kwargs)
-        return result
-
-    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        execution = in_workflow_code()
-        if execution is not None:
-            if self.dispatched is not None:
-                return self.dispatched.spawn(args, kwargs).result()
-            return execution.run_step(self, args, kwargs, transactional=self.transactional)
-        if self.transactions is not None:
-            return self.transactions.run_outside(self, args, kwargs)
-        return self.fn(*args, **kwargs)
 
 
 class Registry(dict[str, Any]):

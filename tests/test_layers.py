@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("dispatch", {"dispatch", "background_publish", "async_start", "handle", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
     ("engine", {"engine", "messaging", "transactions", "runner", "leases", "recovery", "retention"}),
     ("surfaces", {
-        "app", "client", "contrib", "helpers", "dispatched_steps", "canvas", "flow_admin", "workflow_admin", "celery_binding", "pool_watch", "cli", "worker_command", "dashboard", "demo",
+        "app", "functions", "client", "contrib", "helpers", "dispatched_steps", "canvas", "flow_admin", "workflow_admin", "celery_binding", "pool_watch", "cli", "worker_command", "dashboard", "demo",
         "__init__", "__main__",
     }),
 ]
