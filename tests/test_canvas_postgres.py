@@ -10,9 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from durable import Durable, Settings
-from durable.database import Database
-from tests.unit.conftest import Cluster, FakeClock, RecordingDispatcher
+from tests.unit.conftest import Cluster
 from tests.unit.test_canvas import (  # noqa: F401 - collected here again, on Postgres
     tasks,
     test_a_canvas_nested_in_a_group_runs_as_a_child_canvas,
@@ -29,10 +27,6 @@ from tests.unit.test_canvas import (  # noqa: F401 - collected here again, on Po
 
 @pytest.fixture
 def cluster(create_pg_database, tmp_path: Path) -> Iterator[Cluster]:
-    url = create_pg_database("canvas")
-    Database(url).migrate()
-    clock = FakeClock()
-    dispatcher = RecordingDispatcher()
-    dur = Durable(settings=Settings(home=str(tmp_path), database_url=url), clock=clock, dispatcher=dispatcher)
-    yield Cluster(dur, clock, dispatcher)
-    dur.store.db.dispose()
+    cluster = Cluster.on(create_pg_database("canvas"), tmp_path)
+    yield cluster
+    cluster.dur.store.db.dispose()

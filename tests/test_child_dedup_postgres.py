@@ -11,21 +11,16 @@ from typing import Iterator
 import pytest
 
 import durable
-from durable import Durable, Settings, Status
-from durable.database import Database
+from durable import Status
 from durable.errors import DuplicateWorkflowError
-from tests.unit.conftest import Cluster, FakeClock, RecordingDispatcher
+from tests.unit.conftest import Cluster
 
 
 @pytest.fixture
 def cluster(create_pg_database, tmp_path: Path) -> Iterator[Cluster]:
-    url = create_pg_database("child_dedup")
-    Database(url).migrate()
-    clock = FakeClock()
-    dispatcher = RecordingDispatcher()
-    dur = Durable(settings=Settings(home=str(tmp_path), database_url=url), clock=clock, dispatcher=dispatcher)
-    yield Cluster(dur, clock, dispatcher)
-    dur.store.db.dispose()
+    cluster = Cluster.on(create_pg_database("child_dedup"), tmp_path)
+    yield cluster
+    cluster.dur.store.db.dispose()
 
 
 def test_a_held_dedup_key_raises_duplicate_workflow_error_in_the_parent(cluster: Cluster) -> None:

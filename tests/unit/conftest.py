@@ -66,6 +66,18 @@ class SimulatedCrash(BaseException):
 
 
 class Cluster:
+    """One Durable app run in this process on a fake clock, its messages
+    recorded instead of published: `drive()` delivers them in order."""
+
+    @classmethod
+    def on(cls, database_url: str, home: Path) -> "Cluster":
+        """A cluster on an existing database (migrated here), e.g. a real Postgres."""
+        Database(database_url).migrate()
+        clock = FakeClock()
+        dispatcher = RecordingDispatcher()
+        dur = Durable(settings=Settings(home=str(home), database_url=database_url), clock=clock, dispatcher=dispatcher)
+        return cls(dur, clock, dispatcher)
+
     def __init__(self, dur: Durable, clock: FakeClock, dispatcher: RecordingDispatcher):
         self.dur = dur
         self.clock = clock
