@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 
-from benchmarks.run import Bench, child_pids, log, wait_until
+from benchmarks.run import Bench, celery_chains, child_pids, log, wait_until
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -109,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
 def run_chains(bench: Bench, system: str, count: int, prefix: str) -> float:
     """`count` chains of 10 no-op tasks, as benchmarks.run's chains workload
     runs them; seconds from the first start to the last chain's end."""
-    from celery import chain
-
     t0 = time.time()
     if system == "durable":
         from benchmarks.workloads import noop_task
@@ -120,16 +118,7 @@ def run_chains(bench: Bench, system: str, count: int, prefix: str) -> float:
         _, last_ms = wait_until(
             lambda: (lambda c: c if c[0] >= count else None)(bench.canvases_done(prefix)), 300, "chains", 0.05)
         return float(last_ms) / 1000 - t0
-    from benchmarks.celery_app import noop
-
-    handles = []
-    for i in range(count):
-        tasks = [noop.si(k) for k in range(10)]
-        if system == "celery-careful":
-            tasks = [t.set(ignore_result=True) for t in tasks[:-1]] + tasks[-1:]
-        handles.append(chain(*tasks).apply_async())
-    for h in handles:
-        h.get(timeout=300, interval=0.01)
+    celery_chains(system, count)
     return time.time() - t0
 
 

@@ -77,6 +77,23 @@ def compile_bytecode() -> None:
         compileall.compile_dir(str(REPO / package), quiet=1)
 
 
+def celery_chains(system: str, n: int) -> None:
+    """`n` of Celery's own chains of 10 no-op tasks, acks_late, to their ends;
+    "celery-careful" stores no intermediate result."""
+    from celery import chain
+
+    from benchmarks.celery_app import noop
+
+    handles = []
+    for _ in range(n):
+        tasks = [noop.si(k) for k in range(10)]
+        if system == "celery-careful":
+            tasks = [t.set(ignore_result=True) for t in tasks[:-1]] + tasks[-1:]
+        handles.append(chain(*tasks).apply_async())
+    for h in handles:
+        h.get(timeout=300, interval=0.01)
+
+
 def rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -446,8 +463,6 @@ class Bench:
         Celery's own `chain` of the same 10 tasks with acks_late, by default
         (results stored) and careful (intermediate results not stored). Same
         worker count (2 prefork children), same Redis."""
-        from celery import chain
-
         count = 30 if self.quick else 100
         rounds = 2 if self.quick else 3
         systems = [s for s in ("durable", "celery", "celery-careful") if s in self.systems]
@@ -472,16 +487,7 @@ class Bench:
                                 300, f"{n} durable chains", 0.05)
                             secs = last_ms / 1000 - t0
                         else:
-                            from benchmarks.celery_app import noop
-
-                            handles = []
-                            for i in range(n):
-                                tasks = [noop.si(k) for k in range(10)]
-                                if system == "celery-careful":
-                                    tasks = [t.set(ignore_result=True) for t in tasks[:-1]] + tasks[-1:]
-                                handles.append(chain(*tasks).apply_async())
-                            for h in handles:
-                                h.get(timeout=300, interval=0.01)
+                            celery_chains(system, n)
                             secs = time.time() - t0
                     raw.append(dict(system=system, round=r, chains=count, seconds=secs, chains_per_s=count / secs))
                     log(f"  {count / secs:.1f} chains/s ({count * 10 / secs:.0f} tasks/s)")
