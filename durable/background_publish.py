@@ -43,7 +43,7 @@ class BackgroundDispatcher:
     def __init__(self, inner: Dispatcher):
         self.inner = inner
         self._lock = threading.Lock()
-        self._pending: queue.Queue[_Message | None] = queue.Queue()
+        self._pending: queue.SimpleQueue[_Message | None] = queue.SimpleQueue()  # put: no lock, no Condition
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         _live.add(self)
@@ -69,7 +69,7 @@ class BackgroundDispatcher:
         with self._lock:
             if self._pid != os.getpid():  # a forked child: the parent's queue is the parent's
                 self._pid = os.getpid()
-                self._pending = queue.Queue()
+                self._pending = queue.SimpleQueue()
                 self._thread = None
             if self._thread is None:
                 self._markers: list[threading.Event] = []

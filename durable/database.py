@@ -23,6 +23,7 @@ from sqlalchemy.exc import DBAPIError
 from .clock import SYSTEM_CLOCK, Clock
 from .db_errors import is_transient, is_unavailable
 from .errors import SchemaError
+from .parked_connections import ParkedConnections
 from .retry import Backoff
 
 logger = logging.getLogger("durable.database")
@@ -33,6 +34,7 @@ VERSION_TABLE = "durable_alembic_version"
 # A server that does not answer is "unavailable" after this, not a hang.
 POSTGRES_CONNECT_ARGS = {"connect_timeout": 10}
 _MIGRATIONS = Path(__file__).parent / "migrations"
+AUTOCOMMIT_POOL_SIZE = 5
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class Database:
         self._lock_pid = os.getpid()
         self._lock_here = threading.Lock()
         self._pin = threading.local()
+        self._parked = ParkedConnections(keep=AUTOCOMMIT_POOL_SIZE)
         self._migrated = False
 
     @property
@@ -120,7 +123,7 @@ class Database:
             with self._lock:
                 if self._autocommit_engine is None:
                     self._autocommit_engine = create_engine(
-                        self.url, echo=self.echo, pool_size=5, max_overflow=10,
+                        self.url, echo=self.echo, pool_size=AUTOCOMMIT_POOL_SIZE, max_overflow=10,
                         pool_recycle=3600, isolation_level="AUTOCOMMIT",
                         # nothing to roll back on return: every statement committed itself
                         pool_reset_on_return=None,
@@ -161,8 +164,11 @@ class Database:
         engine = self.autocommit_engine
         dialect = engine.dialect
         pin = self._pin if self._pinned_here() else None
+        parked = None if pin is not None and pin.fairy is not None else self._parked.take()
         if pin is not None and pin.fairy is not None:
             fairy, cursor = pin.fairy, pin.cursor
+        elif parked is not None:
+            fairy, cursor = parked
         else:
             fairy = None
             try:
@@ -193,9 +199,11 @@ class Database:
             else:
                 if pin is not None:
                     pin.fairy = pin.cursor = None
-                if not fairy.is_valid:
+                if fairy.is_valid:
+                    self._parked.park(fairy, cursor)
+                else:
                     _close_quietly(cursor)
-                fairy.close()
+                    fairy.close()
 
     @contextmanager
     def pinned(self) -> Iterator[None]:
@@ -209,9 +217,11 @@ class Database:
         try:
             yield
         finally:
-            fairy = pin.fairy
+            fairy, cursor = pin.fairy, pin.cursor
             pin.active, pin.fairy, pin.cursor = False, None, None
-            if fairy is not None:  # its cursor stays with it (_kept_cursor)
+            if fairy is not None and fairy.is_valid:
+                self._parked.park(fairy, cursor)
+            elif fairy is not None:
                 fairy.close()
 
     def _pinned_here(self) -> bool:
@@ -219,6 +229,7 @@ class Database:
         return getattr(self._pin, "active", False) and self._pin.pid == os.getpid()
 
     def dispose(self) -> None:
+        self._parked.close()
         if self._pid == os.getpid():
             for engine in (self._engine, self._autocommit_engine):
                 if engine is not None:
