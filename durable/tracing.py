@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import json
+import os
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, Callable, Iterator, ParamSpec, Protocol, TypeVar
 
@@ -48,6 +49,8 @@ _OFF: AbstractContextManager[None] = nullcontext()
 # the enqueue span open in this context, which names the workflow it started
 _enqueuing: contextvars.ContextVar[Any] = contextvars.ContextVar("durable_enqueue_span", default=None)
 _tracer_of: tuple[Any, Any] | None = None  # (provider, its tracer), looked up again if the provider changes
+# OpenTelemetry loads a provider named in the environment on first use
+_PROVIDER_FROM_ENV = "OTEL_PYTHON_TRACER_PROVIDER" in os.environ
 
 
 class TracedClaim(Protocol):
@@ -89,6 +92,8 @@ def _tracer() -> "Tracer | None":
     if not INSTALLED:
         return None
     global _tracer_of
+    if getattr(trace, "_TRACER_PROVIDER", True) is None and not _PROVIDER_FROM_ENV:
+        return None  # what get_tracer_provider() finds out, without its look-up in os.environ on every start
     provider = trace.get_tracer_provider()
     if isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
         return None
