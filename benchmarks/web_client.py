@@ -25,9 +25,14 @@ Starts its own Postgres and Redis on loopback and one durable worker
   `ignore_result=True`, and as Celery is mostly run, with a Redis result
   backend); and, for scale,
   durable's INSERT statement alone through psycopg (the one commit a start
-  waits for). Then a request's whole write both ways: an order row and
-  its workflow in one transaction, against the order committed and then
-  `apply_async()` (what `transaction.on_commit` does).
+  waits for), and the same with its commit not waiting for the disk (what
+  the WAL flush costs; durable never starts that way). Then a request's
+  whole write both ways: an order row and its workflow in one transaction,
+  against the order committed and then `apply_async()` (what
+  `transaction.on_commit` does).
+- concurrent: `--concurrency` threads (default 4) each make calls back to
+  back, as a threaded web server's requests do: `start()`, `enqueue()` and
+  `apply_async()` (ignore_result), per-call p50/p99, alternating rounds.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -119,6 +125,15 @@ def enqueue_latencies(
         row = new_workflow_row(client.settings, "bench.steps", [1], {}, clock=client.clock)
         raw.execute(sql, {**constants, **insert_params(row)}).fetchone()
 
+    # the same INSERT, its commit not waiting for the disk (what the WAL flush
+    # costs; not how durable starts: a start returns once its row is durable)
+    unflushed = psycopg.connect(str(engine.url).replace("+psycopg", ""), autocommit=True)
+    unflushed.execute("SET synchronous_commit = off")
+
+    def sql_insert_unflushed() -> None:
+        row = new_workflow_row(client.settings, "bench.steps", [1], {}, clock=client.clock)
+        unflushed.execute(sql, {**constants, **insert_params(row)}).fetchone()
+
     with engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS bench_orders (id text PRIMARY KEY, total float)")
 
@@ -153,6 +168,7 @@ def enqueue_latencies(
         "request: order + enqueue, one commit": order_with_enqueue,
         "request: order commit, then apply_async": order_then_apply_async,
         "psycopg INSERT alone": lambda: sql_insert(),
+        "psycopg INSERT alone, commit not flushed": sql_insert_unflushed,
     }
     if not hasattr(client, "enqueue_async"):
         del calls["enqueue_async()"]
@@ -189,6 +205,45 @@ def enqueue_latencies(
     return figures
 
 
+def concurrent_latencies(
+    dur: Any, client: Any, celery_task: Any, threads: int, calls: int, rounds: int = 4
+) -> dict[str, list[float]]:
+    """Latency per call when `threads` threads each make `calls` calls back
+    to back, as a threaded web server's concurrent requests do (the GIL,
+    the connections and durable's publishing thread shared). Systems
+    alternate round by round."""
+    workflow = dur.registry["bench.steps"]
+    systems: dict[str, Callable[[], Any]] = {
+        "start()": lambda: workflow.start(1),
+        "enqueue()": lambda: client.enqueue("bench.steps", args=[1]),
+        "celery apply_async()": lambda: celery_task.apply_async(args=[0]),
+    }
+    figures: dict[str, list[float]] = {name: [] for name in systems}
+    for r in range(rounds):
+        for name in list(systems) if r % 2 == 0 else list(reversed(systems)):
+            for publisher in (dur.start_dispatcher, client.start_dispatcher):
+                publisher.flush()
+            call, barrier = systems[name], threading.Barrier(threads)
+            samples: list[list[float]] = [[] for _ in range(threads)]
+
+            def make_calls(out: list[float]) -> None:
+                barrier.wait()
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    call()
+                    out.append((time.perf_counter() - started) * 1e6)
+
+            running = [threading.Thread(target=make_calls, args=(out,)) for out in samples]
+            for thread in running:
+                thread.start()
+            for thread in running:
+                thread.join()
+            figures[name].extend(v for out in samples for v in out)
+    for publisher in (dur.start_dispatcher, client.start_dispatcher):
+        publisher.flush(timeout=60)  # the last round's messages, before the servers stop
+    return figures
+
+
 def _noop(i: int) -> int:
     return i
 
@@ -199,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--enqueues", type=int, default=300)
     parser.add_argument("--notify-cost", type=int, default=0, metavar="N",
                         help="also: throughput of N workflows with the end trigger on and off, 3 rounds each")
+    parser.add_argument("--concurrency", type=int, default=4,
+                        help="threads enqueueing at once in the concurrent comparison (1: skip it)")
+    parser.add_argument("--concurrent-calls", type=int, default=100, help="calls per thread per round")
     args = parser.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="durable-webbench-"))
     os.chmod(tmp, 0o755)
@@ -242,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         noop_default = celery_default.task(name="bench.web_noop_default")(_noop)
         engine = create_engine(url)
         latencies = enqueue_latencies(dur, client, engine, noop, noop_default, args.enqueues)
+        concurrent = (concurrent_latencies(dur, client, noop, args.concurrency, args.concurrent_calls)
+                      if args.concurrency > 1 else None)
         client.close()
         print(f"\nresult wake, ms from the workflow's end to result() returning ({args.waits} waits, one at a time)")
         print(f"  LISTEN/NOTIFY          {_summary(woken)}")
@@ -261,6 +321,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("start()", "enqueue()", "enqueue_async()", "enqueue(transaction=session), the call"):
             p50 = pct(latencies[name], 0.5)
             print(f"  {name:40s} {p50 / celery_p50:5.2f}x  {p50 / default_p50:5.2f}x")
+        if concurrent:
+            print(f"\n{args.concurrency} threads, each {args.concurrent_calls} calls back to back, 4 alternating "
+                  "rounds (us per call)")
+            for name, values in concurrent.items():
+                print(f"  {name:40s} {_summary(values)}")
+            concurrent_p50 = pct(concurrent["celery apply_async()"], 0.5)
+            for name in ("start()", "enqueue()"):
+                print(f"  {name + ' / apply_async()':40s} {pct(concurrent[name], 0.5) / concurrent_p50:5.2f}x")
         request = pct(latencies["request: order + enqueue, one commit"], 0.5)
         print(f"  {'request: order + enqueue, one commit':40s} "
               f"{request / pct(latencies['request: order commit, then apply_async'], 0.5):5.2f}x"
