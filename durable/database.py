@@ -34,7 +34,7 @@ VERSION_TABLE = "durable_alembic_version"
 # A server that does not answer is "unavailable" after this, not a hang.
 POSTGRES_CONNECT_ARGS = {"connect_timeout": 10}
 _MIGRATIONS = Path(__file__).parent / "migrations"
-AUTOCOMMIT_POOL_SIZE = 5
+PARKED_PER_PROCESS = 5
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class Database:
         self._lock_pid = os.getpid()
         self._lock_here = threading.Lock()
         self._pin = threading.local()
-        self._parked = ParkedConnections(keep=AUTOCOMMIT_POOL_SIZE)
+        self._parked = ParkedConnections(keep=PARKED_PER_PROCESS)
         self._migrated = False
 
     @property
@@ -123,7 +123,10 @@ class Database:
             with self._lock:
                 if self._autocommit_engine is None:
                     self._autocommit_engine = create_engine(
-                        self.url, echo=self.echo, pool_size=AUTOCOMMIT_POOL_SIZE, max_overflow=10,
+                        # idle connections are parked (parked_connections.py), up to
+                        # PARKED_PER_PROCESS: the pool itself keeps one more at most;
+                        # 15 open at most, as for the other engine
+                        self.url, echo=self.echo, pool_size=1, max_overflow=14,
                         pool_recycle=3600, isolation_level="AUTOCOMMIT",
                         # nothing to roll back on return: every statement committed itself
                         pool_reset_on_return=None,

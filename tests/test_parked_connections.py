@@ -36,7 +36,7 @@ def test_the_next_statement_runs_on_the_parked_connection(db: Database) -> None:
     assert _backend_pid(db) == first
 
 
-def test_no_more_than_the_pool_size_is_kept(db: Database) -> None:
+def test_no_more_than_a_few_are_kept_idle(db: Database) -> None:
     held = [db.driver_cursor() for _ in range(db._parked.keep + 3)]
     for cm in held:
         cm.__enter__()
