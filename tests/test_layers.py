@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "durable"
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundations", {
         "settings", "errors", "records", "serialization", "schema", "database", "db_errors",
-        "retry", "clock", "context", "timeouts", "limits", "schedules", "metrics", "sagas", "breakers", "inputs", "local_processes", "fork_guard", "embedded_broker", "redis_broker", "migrations", "tracing", "status_rows",
+        "retry", "clock", "context", "timeouts", "limits", "schedules", "metrics", "sagas", "breakers", "inputs", "local_processes", "fork_guard", "embedded_broker", "redis_broker", "migrations", "tracing", "status_rows", "parked_connections",
     }),
     ("store", {"store"}),
     ("dispatch", {"dispatch", "background_publish", "async_start", "handle", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
