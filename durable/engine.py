@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -35,26 +34,17 @@ from sqlalchemy.engine import Connection
 
 from . import metrics
 from . import serialization as ser
-from . import tracing
-from .breakers import OPEN, CircuitBreaker
+from . import step_attempts
 from .clock import Clock
-from .context import StepContext, enter_execution, enter_step
+from .context import enter_execution
 from .database import retry_while_unavailable
 from .dispatch import Dispatcher, publish_if_runnable
-from .errors import (
-    CircuitOpenError,
-    DuplicateWorkflowError,
-    MaxStepRetriesExceededError,
-    NonDeterministicWorkflowError,
-    SerializationError,
-    WorkflowNotFoundError,
-)
+from .errors import DuplicateWorkflowError, NonDeterministicWorkflowError, WorkflowNotFoundError
 from .records import Status, StepStatus
-from .retry import RetryPolicy
 from .settings import Settings
-from .starting import check_payload_size, derived_child_id
+from .starting import derived_child_id
+from .step_protocol import Position, Step
 from .store import Claim, DedupConflict, Store, crash_text
-from .timeouts import call_with_timeout
 
 logger = logging.getLogger("durable.engine")
 
@@ -76,15 +66,6 @@ class Fenced(BaseException):
     taken over): stop without writing anything more."""
 
 
-class Step(Protocol):
-    """What the engine needs of a step (app.StepFunction is one)."""
-
-    name: str
-    policy: RetryPolicy
-    fn: Callable[..., Any]
-    isolation: str | None  # a @transaction step's isolation level
-
-
 class TransactionalSteps(Protocol):
     """Runs a step whose writes commit with its checkpoint (transactions.py)."""
 
@@ -103,20 +84,6 @@ class WorkflowMessaging(Protocol):
     def get_event(
         self, execution: "Execution", workflow_id: str, key: str, timeout: float | None
     ) -> Any: ...
-
-
-@dataclass(frozen=True)
-class Position:
-    """A reserved step number and what is recorded there, if anything."""
-
-    step_id: int
-    name: str
-    row: dict[str, Any] | None
-
-    @property
-    def final(self) -> bool:
-        """An outcome is recorded (a RETRYING row only notes attempts or a crash)."""
-        return self.row is not None and self.row["status"] != StepStatus.RETRYING.value
 
 
 class Continuations(Protocol):
@@ -346,113 +313,19 @@ class Execution:
         checkpoint_success: bool = True,
     ) -> Any:
         """A step with its retry policy: each failed attempt is recorded, so
-        a recovered execution resumes the count. A dispatched step's own
-        workflow passes checkpoint_success=False: its end records the result."""
-        position = self.reserve(step.name)
-        if position.final:
-            return self.replay(position.row or {})
-        row = position.row
-        policy = step.policy
-        attempts = row["attempts"] if row else 0
-        errors: list[dict[str, Any]] = json.loads(row["attempt_errors"] or "[]") if row else []
-        started_ms = (row or {}).get("started_at_ms") or self.clock.now_ms()
-        self.note_crash(position, attempts)
-        if row is not None and row["next_attempt_at_ms"]:
-            self.wait_until(row["next_attempt_at_ms"])
-        while True:
-            def success(output: str) -> dict[str, Any]:
-                return self.outcome(
-                    position, StepStatus.SUCCESS, output=output, attempts=attempts + 1,
-                    attempt_errors=errors, started_at_ms=started_ms,
-                )
+        a recovered execution resumes the count (step_attempts.py). A
+        dispatched step's own workflow passes checkpoint_success=False: its
+        end records the result."""
+        return step_attempts.run_step(self, step, args, kwargs, transactional, checkpoint_success)
 
-            existing = None
-            attempt_began = time.perf_counter()  # for the metric only: not durable state
-            breaker = getattr(step, "circuit", None)
-            probe_token = f"{self.workflow_id}:{position.step_id}:{attempts}"
-            try:
-                with enter_step(StepContext(position.step_id, step.name, attempts, policy.max_attempts)), \
-                        tracing.step_span(self.workflow_id, step.name, position.step_id, attempts):
-                    if breaker is not None:
-                        self._pass_breaker(breaker, probe_token)
-                    if transactional:
-                        result, existing = self._transactions().run(self, step, position, args, kwargs, success)
-                    else:
-                        result = call_with_timeout(step.fn, args, kwargs, policy.timeout_seconds)
-                        output = ser.dumps(result)
-                        check_payload_size(output, self.settings, f"the result of step {step.name!r}")
-            except Exception as exc:
-                metrics.STEP_SECONDS.labels(step.name, "error").observe(time.perf_counter() - attempt_began)
-                if breaker is not None and not isinstance(exc, CircuitOpenError):
-                    self._report_to_breaker(breaker, probe_token, succeeded=False)
-                attempts += 1
-                errors.append(self._attempt_error(exc, attempts))
-                if isinstance(exc, SerializationError) or not policy.should_retry(exc, attempts):
-                    return self._fail_step(position, policy, exc, attempts, errors, started_ms)
-                next_at = self.clock.now_ms() + int(policy.delay_seconds(attempts) * 1000)
-                if isinstance(exc, CircuitOpenError) and exc.open_until_ms:
-                    next_at = max(next_at, exc.open_until_ms)  # wait for the reset: a timer if long
-                existing = self.record(self.outcome(
-                    position, StepStatus.RETRYING, attempts=attempts, attempt_errors=errors,
-                    next_attempt_at_ms=next_at, started_at_ms=started_ms,
-                ))
-                if existing is not None:
-                    return self.replay(existing)
-                self.wait_until(next_at)
-                continue
-            metrics.STEP_SECONDS.labels(step.name, "success").observe(time.perf_counter() - attempt_began)
-            if breaker is not None:
-                self._report_to_breaker(breaker, probe_token, succeeded=True)
-            if not transactional and not checkpoint_success:
-                return result
-            if not transactional:  # outside the try: a failed write is no failed attempt
-                existing = self.record(success(output))
-            return result if existing is None else self.replay(existing)
-
-    def _fail_step(
-        self, position: Position, policy: RetryPolicy, exc: Exception, attempts: int,
-        errors: list[dict[str, Any]], started_ms: int,
-    ) -> Any:
-        """Record the step's final error and raise it (or replay what another
-        execution recorded first)."""
-        # a retried error that ran out of attempts, or one the policy never retries
-        retried = policy.retries > 0 and policy.retries_on(exc)
-        final: BaseException = MaxStepRetriesExceededError(position.name, attempts, errors) if retried else exc
-        existing = self.record(self.outcome(
-            position, StepStatus.ERROR, error=ser.dumps_error(final), attempts=attempts,
-            attempt_errors=errors, started_at_ms=started_ms,
-        ))
-        if existing is not None:
-            return self.replay(existing)
-        raise final
-
-    def _pass_breaker(self, breaker: CircuitBreaker, token: str) -> None:
-        """Raise CircuitOpenError, without calling the step, while its
-        breaker is open (or another attempt is its half-open probe)."""
-        verdict, until = retry_while_unavailable(
-            lambda: self.store.breaker_before(breaker, token, self.clock.now_ms()),
-            "reading a circuit breaker", clock=self.clock,
-        )
-        if verdict == OPEN:
-            raise CircuitOpenError(breaker.name, until)
-
-    def _report_to_breaker(self, breaker: CircuitBreaker, token: str, succeeded: bool) -> None:
-        retry_while_unavailable(
-            lambda: self.store.breaker_after(breaker, token, succeeded, self.clock.now_ms()),
-            "counting for a circuit breaker", clock=self.clock,
-        )
-
-    def _transactions(self) -> TransactionalSteps:
+    def run_transactional(
+        self, step: Step, position: Position, args: tuple[Any, ...], kwargs: dict[str, Any],
+        success: Callable[[str], dict[str, Any]],
+    ) -> tuple[Any, dict[str, Any] | None]:
+        """A @transaction step's attempt: its writes commit with its checkpoint (transactions.py)."""
         if self.collaborators.transactions is None:
             raise RuntimeError("this execution was given no transaction runner")
-        return self.collaborators.transactions
-
-    def _attempt_error(self, exc: BaseException, attempt: int) -> dict[str, Any]:
-        record = ser.error_to_dict(exc)
-        record.pop("args", None)
-        record["attempt"] = attempt
-        record["at_ms"] = self.clock.now_ms()
-        return record
+        return self.collaborators.transactions.run(self, step, position, args, kwargs, success)
 
     # --- durable time -----------------------------------------------------------
 

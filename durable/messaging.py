@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 from . import serialization as ser
 from .database import retry_while_unavailable
-from .engine import Execution, Position, Suspend
+from .engine import Execution, Suspend
+from .step_protocol import Position
 from .errors import NotInWorkflowError, WorkflowNotFoundError
 from .mailbox import check_timeout, ring
 from .records import StepStatus

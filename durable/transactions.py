@@ -24,7 +24,8 @@ from . import serialization as ser
 from .clock import SYSTEM_CLOCK, Clock
 from .database import APP_TABLES, Database
 from .db_errors import DbErrorKind, classify
-from .engine import Execution, Position, Step
+from .engine import Execution
+from .step_protocol import Position, Step
 from .retry import Backoff
 from .schema import transaction_outputs
 from .settings import Settings
