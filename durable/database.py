@@ -192,6 +192,7 @@ class Database:
             lost = dialect.is_disconnect(exc, fairy.dbapi_connection, cursor)
             if lost:
                 fairy.invalidate(exc)
+                self._parked.drop_all()
             raise DBAPIError.instance(
                 None, None, exc, dialect.loaded_dbapi.Error,
                 connection_invalidated=lost, dialect=dialect,

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 MAX_PARKED_SECONDS = 60.0
 
@@ -52,13 +52,22 @@ class ParkedConnections:
 
     def close(self) -> None:
         """Return every parked connection to the pool (before it is disposed)."""
+        self._empty(lambda fairy: fairy.close())
+
+    def drop_all(self) -> None:
+        """Discard every parked connection: one was found lost, and after a
+        server restart or failover so is every other one (each would
+        otherwise fail one statement, and cost it a retry, in turn)."""
+        self._empty(lambda fairy: fairy.invalidate())
+
+    def _empty(self, release: Callable[[Any], None]) -> None:
         self._forget_parents()
         while self._parked:
             try:
                 fairy, _cursor, _at = self._parked.pop()
             except IndexError:
                 return
-            fairy.close()
+            release(fairy)
 
     def _forget_parents(self) -> None:
         if self._pid != os.getpid():  # forked: those are the parent's sockets

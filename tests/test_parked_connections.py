@@ -1,7 +1,7 @@
 """Driver connections kept between autocommit statements
 (durable/parked_connections.py), against a real Postgres: reused by the
 next statement, never by a forked child, and a connection the server
-ended is dropped, not handed out again."""
+ended is dropped, and with it every other parked one."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ def _backend_pid(db: Database) -> int:
         cursor.execute("SELECT pg_backend_pid()")
         (pid,) = cursor.fetchone()
         return int(pid)
+
+
+def _parked_pids(db: Database) -> list[int]:
+    return [fairy.driver_connection.info.backend_pid for fairy, _cursor, _at in db._parked._parked]
 
 
 @pytest.fixture
@@ -46,15 +50,24 @@ def test_no_more_than_a_few_are_kept_idle(db: Database) -> None:
     assert db.autocommit_engine.pool.checkedout() == db._parked.keep
 
 
-def test_a_connection_the_server_ended_is_dropped(db: Database, postgres_port: int) -> None:
-    victim = _backend_pid(db)
+def test_once_a_connection_is_found_lost_no_parked_one_is_used_again(db: Database) -> None:
+    held = [db.driver_cursor() for _ in range(3)]
+    for cm in held:
+        cm.__enter__()
+    for cm in held:
+        cm.__exit__(None, None, None)
+    parked = _parked_pids(db)
+    assert len(set(parked)) == 3
     with psycopg.connect(db.url.replace("+psycopg", ""), autocommit=True) as admin:
-        # with a timeout it returns once the backend is gone (PG 14+), not at the signal
-        assert admin.execute("SELECT pg_terminate_backend(%s, 10000)", (victim,)).fetchone() == (True,)
+        # as a server restart would: every connection ends (with a timeout,
+        # pg_terminate_backend returns once the backend is gone, PG 14+)
+        for pid in parked:
+            assert admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone() == (True,)
     with pytest.raises(DBAPIError) as raised:
         _backend_pid(db)
     assert raised.value.connection_invalidated
-    assert _backend_pid(db) != victim  # a fresh one: the dead one was not parked again
+    assert not set(parked) & {_backend_pid(db)}  # the next statement works at once, on a fresh one
+    assert db._parked._parked and all(pid not in parked for pid in _parked_pids(db))
 
 
 def test_a_forked_child_opens_its_own_and_leaves_the_parents_alone(db: Database) -> None:
