@@ -27,7 +27,7 @@ import gc
 import os
 import sys
 from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -50,8 +50,9 @@ def run(args: Sequence[str]) -> int:
         )
     from celery import maybe_patch_concurrency
 
-    maybe_patch_concurrency(["worker", *args])  # -P eventlet/gevent: patch before anything else loads
-    with collector_paused_until_built():
+    with collector_paused_until_built() as resume_once_built:
+        maybe_patch_concurrency(["worker", *args])  # -P eventlet/gevent: patch before anything else loads
+        resume_once_built()  # imports Celery's signals: after the patch
         celerys_worker_command()  # before the app, as `celery` imports it
         from celery.bin.base import CLIContext
 
@@ -66,28 +67,34 @@ def run(args: Sequence[str]) -> int:
 
 
 @contextmanager
-def collector_paused_until_built() -> Iterator[None]:
-    """No garbage collection from here until the worker is built: Celery's
-    `celeryd_after_setup`, sent as the worker starts its steps (before the
-    pool forks), freezes what exists and resumes collection. Resumed also
-    if the worker stops, or fails, before that."""
+def collector_paused_until_built() -> Iterator[Callable[[], None]]:
+    """No garbage collection from here until the worker is built. Call the
+    function it gives (once Celery may be imported) to resume on Celery's
+    `celeryd_after_setup`, sent as the worker starts its steps, before the
+    pool forks: what exists then is frozen and collection resumes. Resumed
+    also if the worker stops, or fails, before that."""
     if not gc.isenabled():  # paused by someone else: theirs to resume
-        yield
+        yield lambda: None
         return
-    from celery.signals import celeryd_after_setup
+    signals: list[Any] = []
 
     def resume(**_: Any) -> None:
-        celeryd_after_setup.disconnect(resume)
         if not gc.isenabled():
             gc.freeze()
             gc.enable()
 
+    def resume_once_built() -> None:
+        from celery.signals import celeryd_after_setup
+
+        celeryd_after_setup.connect(resume, weak=False)
+        signals.append(celeryd_after_setup)
+
     gc.disable()
-    celeryd_after_setup.connect(resume, weak=False)
     try:
-        yield
+        yield resume_once_built
     finally:
-        celeryd_after_setup.disconnect(resume)
+        for signal in signals:
+            signal.disconnect(resume)
         gc.enable()
 
 
