@@ -3,7 +3,11 @@ message is acknowledged. See docs/design.md for the contract.
 
 The names that need the engine and the worker binding (`Durable` and the
 messaging helpers) are imported on first use, so that a web app's
-`from durable import DurableClient` loads neither.
+`from durable import DurableClient` loads neither. So are the client's
+(`DurableClient`, `WorkflowHandle`, `StartOptions`: Celery, SQLAlchemy,
+the drivers): `import durable` alone loads none of them, and `durable
+worker` imports them once its start-up has paused the garbage collector
+(durable/worker_command.py).
 """
 
 from __future__ import annotations
@@ -12,20 +16,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import errors
-from .client import DurableClient, WorkflowHandle
 from .context import Context, context, gather, now, patched, sleep
 from .records import ErrorInfo, Status, StepInfo, StepStatus, WorkflowStatus
 from .retry import RetryPolicy, backoff_delay_seconds
 from .sagas import compensate, saga
 from .settings import Settings
-from .starting import StartOptions
 
 if TYPE_CHECKING:
     from .app import Durable
+    from .client import DurableClient, WorkflowHandle
+    from .starting import StartOptions
     from .functions import StepFunction, WorkflowFunction
     from .helpers import get_event, recv, send, set_event
 
 _LAZY = {
+    "DurableClient": "durable.client",
+    "WorkflowHandle": "durable.client",
+    "StartOptions": "durable.starting",
     "Durable": "durable.app",
     "WorkflowFunction": "durable.functions",
     "StepFunction": "durable.functions",

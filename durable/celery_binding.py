@@ -208,15 +208,21 @@ class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]
             logger.warning("database unavailable at worker start (will retry): %s", exc)
 
 
+RECORD_AFTER_SECONDS = 1.0
+
+
 class RecordWorkflowInputs(bootsteps.StartStopStep):  # type: ignore[misc]
     """Records each registered workflow's parameters as JSON Schema, in the
     worker's main process at its start: `DurableClient.enqueue` checks
     arguments by name against them and knows which names exist.
 
-    A consumer step, run in a thread once the consumer is up, so that it
-    does not delay the first messages (a restarted worker's own lost
-    work): building the schemas loads pydantic and costs ~20 ms a
-    workflow. Once per worker, not again when the consumer reconnects."""
+    A consumer step, run in a thread RECORD_AFTER_SECONDS after the
+    consumer is up, so that it does not delay the first messages (a
+    restarted worker's own lost work, taken within ~0.1 s): building the
+    schemas loads pydantic and costs ~20 ms a workflow (~0.1 s of CPU for
+    the benchmark's three), time the thread would hold the main process's
+    GIL while the consumer starts and hands those messages to the pool.
+    Once per worker, not again when the consumer reconnects."""
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
@@ -227,8 +233,8 @@ class RecordWorkflowInputs(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, consumer: Any) -> None:
         if self.thread is None:
             runner = _runner_of(consumer.app)
-            self.thread = threading.Thread(target=record_inputs, args=(runner,), name="durable-record-inputs",
-                                           daemon=True)
+            self.thread = threading.Timer(RECORD_AFTER_SECONDS, record_inputs, args=(runner,))
+            self.thread.name, self.thread.daemon = "durable-record-inputs", True
             self.thread.start()
 
 

@@ -12,16 +12,21 @@ import datetime as dt
 import json
 import sys
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import click
 
-from .client import DurableClient
-from .database import APP_TABLES, Database
 from .errors import DurableError
 from .records import Status
 from .settings import parse_duration
-from .workflow_admin import WorkflowFilter, parse_instant, retry_failed, search, to_json
+
+if TYPE_CHECKING:
+    from .client import DurableClient
+    from .workflow_admin import WorkflowFilter
+
+# The client and the store (Celery, SQLAlchemy, the drivers) are imported by
+# the commands that use them: `durable worker` loads them itself, once its
+# start-up has paused the garbage collector (worker_command.py).
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,10 +34,14 @@ STATUS = click.Choice([s.value for s in Status])
 
 
 def _client() -> DurableClient:
+    from .client import DurableClient
+
     return DurableClient()
 
 
 def _emit_json(value: Any) -> None:
+    from .workflow_admin import to_json
+
     click.echo(json.dumps(to_json(value), indent=2))
 
 
@@ -44,6 +53,8 @@ def _instant(ctx: click.Context, param: click.Parameter, value: str | None) -> d
     """ISO 8601 (UTC unless an offset is given) or an age: 15m, 2h, 7d."""
     if value is None:
         return None
+    from .workflow_admin import parse_instant
+
     try:
         return parse_instant(value, dt.datetime.now(dt.timezone.utc))
     except ValueError as exc:
@@ -65,6 +76,8 @@ def filter_options(function: F) -> F:
 
 def _filter(statuses: tuple[str, ...], name: str | None, queue: str | None, created_after: dt.datetime | None,
             created_before: dt.datetime | None, id_contains: str | None) -> WorkflowFilter:
+    from .workflow_admin import WorkflowFilter
+
     return WorkflowFilter(tuple(Status(s) for s in statuses), name, queue, created_after, created_before, id_contains)
 
 
@@ -79,6 +92,8 @@ def migrate(as_json: bool) -> None:
     """Create or upgrade durable's tables: once per deployment where
     auto-migration is off (Postgres by default). Run it with DDL rights and
     a direct connection (not through pgbouncer's transaction pooling)."""
+    from .database import APP_TABLES, Database
+
     client = _client()
     settings = client.settings
     result: dict[str, Any] = {"revision": client.store.db.migrate(), "app_revision": None}
@@ -138,6 +153,8 @@ def workflows() -> None:
 @json_option
 def list_workflows(limit: int, offset: int, as_json: bool, **where: Any) -> None:
     """Workflows newest first (summaries: no inputs or output)."""
+    from .workflow_admin import search
+
     rows = search(_client(), _filter(**where), limit=limit, offset=offset)
     if as_json:
         _emit_json(rows)
@@ -221,6 +238,8 @@ def retry(limit: int, as_json: bool, **where: Any) -> None:
     """Retry failed workflows that match: MAX_RECOVERY_ATTEMPTS_EXCEEDED ones
     are resumed, ERROR ones forked as <id>:retry from their first step that
     did not succeed."""
+    from .workflow_admin import retry_failed
+
     report = retry_failed(_client(), _filter(**where), limit=limit)
     if as_json:
         _emit_json(report)
@@ -242,6 +261,8 @@ def _flow_admin() -> Any:
 
 
 def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    from .workflow_admin import to_json
+
     cells = [[("" if r.get(c) is None else str(to_json(r.get(c)))) for c in columns] for r in rows]
     widths = [max([len(c), *(len(row[i]) for row in cells)]) for i, c in enumerate(columns)]
     for row in [list(columns), *cells]:

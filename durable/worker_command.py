@@ -11,14 +11,26 @@ recovery (docs/operations.md, "Start-up time"). Here only Celery's own
 `CELERY_WORKER_*` environment variables and the app's own worker options
 are Celery's. `-A`/`--app` is read first, since the options' defaults
 come from the app.
+
+The garbage collector is paused while the worker starts: importing the
+libraries a worker runs on (Celery, kombu, redis-py, SQLAlchemy, psycopg)
+leaves ~95,000 objects to the collector, and the ~240 collections that
+triggers (one of them full) took ~0.2 s of a ~1.2 s start. What is
+created then lives as long as the worker: once it is built, before its
+pool forks, it is frozen (`gc.freeze`: left out of later collections,
+here and in the pool's children) and collection resumes. Cyclic garbage
+made during the start is kept with it (~800 objects in the benchmark's
+worker).
 """
 
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import sys
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -41,18 +53,52 @@ def run(args: Sequence[str]) -> int:
         )
     from celery import maybe_patch_concurrency
 
-    maybe_patch_concurrency(["worker", *args])  # -P eventlet/gevent: patch before anything else loads
-    celerys_worker_command()  # before the app, as `celery` imports it
-    from celery.bin.base import CLIContext
+    with collector_paused_until_built() as resume_once_built:
+        maybe_patch_concurrency(["worker", *args])  # -P eventlet/gevent: patch before anything else loads
+        resume_once_built()  # imports Celery's signals: after the patch
+        celerys_worker_command()  # before the app, as `celery` imports it
+        from celery.bin.base import CLIContext
 
-    wants_help = any(arg in HELP_FLAGS for arg in args)
-    app = None if wants_help else load_app(app_named(args))
-    code = worker_command(app).main(
-        args=["--help" if arg == "-h" else arg for arg in args], prog_name="durable worker",
-        obj=CLIContext(app=app, no_color=None, workdir=None),
-        auto_envvar_prefix="CELERY_WORKER", standalone_mode=False,
-    )
+        wants_help = any(arg in HELP_FLAGS for arg in args)
+        app = None if wants_help else load_app(app_named(args))
+        code = worker_command(app).main(
+            args=["--help" if arg == "-h" else arg for arg in args], prog_name="durable worker",
+            obj=CLIContext(app=app, no_color=None, workdir=None),
+            auto_envvar_prefix="CELERY_WORKER", standalone_mode=False,
+        )
     return code if isinstance(code, int) else 0
+
+
+@contextmanager
+def collector_paused_until_built() -> Iterator[Callable[[], None]]:
+    """No garbage collection from here until the worker is built. Call the
+    function it gives (once Celery may be imported) to resume on Celery's
+    `celeryd_after_setup`, sent as the worker starts its steps, before the
+    pool forks: what exists then is frozen and collection resumes. Resumed
+    also if the worker stops, or fails, before that."""
+    if not gc.isenabled():  # paused by someone else: theirs to resume
+        yield lambda: None
+        return
+    signals: list[Any] = []
+
+    def resume(**_: Any) -> None:
+        if not gc.isenabled():
+            gc.freeze()
+            gc.enable()
+
+    def resume_once_built() -> None:
+        from celery.signals import celeryd_after_setup
+
+        celeryd_after_setup.connect(resume, weak=False)
+        signals.append(celeryd_after_setup)
+
+    gc.disable()
+    try:
+        yield resume_once_built
+    finally:
+        for signal in signals:
+            signal.disconnect(resume)
+        gc.enable()
 
 
 def app_named(args: Sequence[str]) -> str:
