@@ -26,7 +26,8 @@ Starts its own Postgres and Redis on loopback and one durable worker
   backend); and, for scale,
   durable's INSERT statement alone through psycopg (the one commit a start
   waits for), and the same with its commit not waiting for the disk (what
-  the WAL flush costs; durable never starts that way). Then a request's
+  the WAL flush costs; durable never starts that way), and awaited on a
+  psycopg AsyncConnection (what the event loop's wait adds). Then a request's
   whole write both ways: an order row and its workflow in one transaction,
   against the order committed and then `apply_async()` (what
   `transaction.on_commit` does).
@@ -158,6 +159,16 @@ def enqueue_latencies(
             session.execute(order_sql, {"id": str(uuid.uuid4())})
         celery_task.apply_async(args=[0])
 
+    # the same INSERT awaited on a psycopg AsyncConnection (what the event loop's wait adds)
+    async_raw = loop.run_until_complete(
+        psycopg.AsyncConnection.connect(str(engine.url).replace("+psycopg", ""), autocommit=True))
+
+    async def timed_async_insert() -> None:
+        row = new_workflow_row(client.settings, "bench.steps", [1], {}, clock=client.clock)
+        started = time.perf_counter()
+        await (await async_raw.execute(sql, {**constants, **insert_params(row)})).fetchone()
+        awaited.append((time.perf_counter() - started) * 1e6)
+
     calls: dict[str, Callable[[], Any]] = {
         "start()": lambda: workflow.start(1),
         "enqueue()": lambda: client.enqueue("bench.steps", args=[1]),
@@ -169,6 +180,7 @@ def enqueue_latencies(
         "request: order commit, then apply_async": order_then_apply_async,
         "psycopg INSERT alone": lambda: sql_insert(),
         "psycopg INSERT alone, commit not flushed": sql_insert_unflushed,
+        "psycopg INSERT alone, awaited (asyncio)": lambda: loop.run_until_complete(timed_async_insert()),
     }
     if not hasattr(client, "enqueue_async"):
         del calls["enqueue_async()"]
@@ -201,6 +213,7 @@ def enqueue_latencies(
             started = time.perf_counter()
             calls[name]()
             figures[name].append(awaited.pop() if awaited else (time.perf_counter() - started) * 1e6)
+    loop.run_until_complete(async_raw.close())
     loop.close()
     return figures
 

@@ -204,3 +204,30 @@ def test_an_async_enqueue_with_a_held_dedup_key_is_refused(client: DurableClient
     held, same = asyncio.run(main())
     assert held.workflow_id == same.workflow_id
     assert len(client.list_workflows()) == 1
+
+
+def test_an_async_enqueue_that_ends_its_loop_is_still_published(client: DurableClient, start_worker, effects_dir):
+    """The publish is handed over once the enqueuing task yields: a loop
+    that ends right after the enqueue (asyncio.run of a script) still hands
+    it over as it shuts down, and the message goes out at once, not after
+    the sweeper's redelivery delay."""
+    start_worker()
+    published: list[str] = []
+    inner = client.start_dispatcher.inner
+
+    class Recording:
+        def publish(self, workflow_id: str, name: str, queue: str, priority: int = 0) -> bool:
+            published.append(workflow_id)
+            return inner.publish(workflow_id, name, queue, priority)
+
+    asyncio.run(client.enqueue_async("ten_steps", workflow_id="warm"))  # reads the parameters (executor)
+    client.start_dispatcher.flush()
+    client.start_dispatcher.inner = Recording()
+    async def script() -> Any:
+        asyncio.get_running_loop().set_default_executor(NoThreads())  # the INSERT awaited on the loop
+        return await client.enqueue_async("ten_steps", workflow_id="last-thing-the-loop-does")
+
+    handle = asyncio.run(script())
+    assert client.start_dispatcher.flush()
+    assert published == ["last-thing-the-loop-does"]
+    assert handle.result(timeout=60)["sum"] == 385
