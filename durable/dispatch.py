@@ -73,15 +73,14 @@ class CeleryDispatcher:
 
     def __init__(self, app: Celery):
         self.app = app
-        self.messages = TaskPublisher(app, RETRY_POLICY)
+        self.messages = TaskPublisher(app, RETRY_POLICY, broker_priority)
 
     def publish(self, workflow_id: str, name: str, queue: str, priority: int = 0) -> bool:
         try:
             task_name = celery_task_name(name)
             argsrepr = f"({workflow_id!r}, {name!r})"
-            broker_pri = broker_priority(self.app.conf.broker_url or "", priority)
             template = self.messages.template(
-                task_name, name, queue, broker_pri, display_name(name)
+                task_name, name, queue, priority, display_name(name)
             ) if self.messages.usable() else None
             if template is not None:
                 self.messages.publish(template, uuid(), [workflow_id, name], argsrepr)
@@ -91,7 +90,7 @@ class CeleryDispatcher:
                 args=[workflow_id, name],
                 queue=queue,
                 routing_key=queue,
-                priority=broker_pri,
+                priority=broker_priority(self.app.conf.broker_url or "", priority),
                 shadow=display_name(name),
                 argsrepr=argsrepr,
                 retry=True,

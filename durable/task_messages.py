@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from celery import Celery, signals
-from kombu import Producer
+from kombu.messaging import Producer
 
 # Per-message fields of the headers and properties: set at each publish.
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
@@ -102,29 +102,36 @@ def build_template(
 class TaskPublisher:
     """Publishes durable messages from templates; one per Celery app."""
 
-    def __init__(self, app: Celery, retry_policy: dict[str, Any]):
+    def __init__(self, app: Celery, retry_policy: dict[str, Any], broker_priority: Callable[[str, int], int]):
         self.app = app
         self.retry_policy = retry_policy
+        self.broker_priority = broker_priority  # (broker URL, durable priority) -> the message's
         self._templates: dict[tuple[str, str, int], Template | None] = {}
         self._idle: list[tuple[Producer, set[str]]] = []  # producers and the queues each declared
         self._lock = threading.Lock()
         self._pid = os.getpid()
 
     def usable(self) -> bool:
-        """Nothing watches or changes a publish (see the module's docstring)."""
-        conf = self.app.conf
+        """Nothing watches a publish (checked at each: a receiver may connect
+        at any time; the app's options are read when a template is built)."""
         return not (
             signals.before_task_publish.receivers or signals.after_task_publish.receivers
-            or signals.task_sent.receivers or conf.task_send_sent_event or conf.task_protocol != 2
+            or signals.task_sent.receivers
         )
 
     def template(self, task_name: str, name: str, queue: str, priority: int, shadow: str) -> Template | None:
+        """The message of workflow `name` on `queue` at durable `priority`
+        (0-9), built on first use in this process; None: send_task's."""
         self._after_fork()
         key = (name, queue, priority)
         if key not in self._templates:
+            conf = self.app.conf
             try:
+                if conf.task_send_sent_event or conf.task_protocol != 2:
+                    raise Unsupported("sent events, or another task protocol")
                 self._templates[key] = build_template(
-                    self.app, task_name, queue, priority, shadow, ["", name], self.retry_policy
+                    self.app, task_name, queue, self.broker_priority(conf.broker_url or "", priority), shadow,
+                    ["", name], self.retry_policy,
                 )
             except Unsupported:
                 self._templates[key] = None
@@ -141,9 +148,9 @@ class TaskPublisher:
         try:
             for queue in template.declare:
                 if queue.name not in declared:
-                    producer.maybe_declare(queue, retry=True, **template.retry_policy)
+                    producer.maybe_declare(queue, retry=True, **template.retry_policy)  # type: ignore[no-untyped-call]
                     declared.add(queue.name)
-            producer.publish(  # argsrepr: send_task leaves it in the properties too
+            producer.publish(  # type: ignore[no-untyped-call]  # argsrepr: as send_task, in the properties too
                 (args, {}, _EMBED), headers=headers, correlation_id=task_id, reply_to=self.app.thread_oid,
                 argsrepr=argsrepr, retry=True, retry_policy=template.retry_policy, **template.publish_kwargs,
             )
@@ -157,7 +164,7 @@ class TaskPublisher:
         with self._lock:
             if self._idle:
                 return self._idle.pop()
-        return Producer(self.app.connection_for_write(), auto_declare=False), set()
+        return Producer(self.app.connection_for_write(), auto_declare=False), set()  # type: ignore[no-untyped-call]
 
     def _release(self, producer: Producer, declared: set[str]) -> None:
         with self._lock:

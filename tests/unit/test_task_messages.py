@@ -94,4 +94,4 @@ def test_publish_signal_receivers_get_celerys_path(app: Celery) -> None:
     finally:
         signals.before_task_publish.disconnect(receiver)
     app.conf.task_send_sent_event = True
-    assert not dispatcher.messages.usable()
+    assert CeleryDispatcher(app).messages.template("durable.run_workflow", "orders", "celery", 0, "x") is None
