@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.system != "durable" and a.workload != "chains":
         p.error("--system celery / celery-careful: only with --workload chains")
     bench = Bench(argparse.Namespace(quick=True, only="", systems=a.system, dbos_concurrency=1,
-                                     dbos_poll=0.1, keep=False))
+                                     dbos_poll=0.1, keep=False, durable_command="durable"))
     try:
         bench.start_servers()
         worker = bench.start_workers(a.system)

@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--process", choices=("child", "main"), default="child",
                    help="sample a pool child (runs workflows) or the worker's main process (Celery's consumer)")
     a = p.parse_args(argv)
-    ns = argparse.Namespace(quick=True, only="", systems="durable", dbos_concurrency=1, dbos_poll=0.1, keep=False)
+    ns = argparse.Namespace(quick=True, only="", systems="durable", dbos_concurrency=1, dbos_poll=0.1, keep=False,
+                            durable_command="durable")
     b = Bench(ns)
     b.systems = ["durable"]
     out = REPO / "benchmarks" / "results"

@@ -19,18 +19,22 @@ import socket
 from typing import Protocol
 
 from celery import Celery
+from kombu.utils.uuid import uuid
 
 from . import redis_broker
 from .embedded_broker import TRANSPORT as EMBEDDED_TRANSPORT
 from .records import Status
 from .settings import Settings
 from .store import Store
+from .task_messages import TaskPublisher
 
 logger = logging.getLogger("durable.dispatch")
 
 RUN_TASK = "durable.run_workflow"
 STEP_PREFIX = "durable.step:"  # a dispatched @dur.step
 TASK_PREFIX = "durable.task:"  # an existing Celery task run as a durable step
+
+RETRY_POLICY = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2}
 
 
 def celery_task_name(workflow_name: str) -> str:
@@ -63,21 +67,34 @@ class Dispatcher(Protocol):
 
 
 class CeleryDispatcher:
+    """Publishes Celery task messages: built from a template per workflow
+    name and queue (task_messages.py), or by Celery's `send_task` when
+    something watches publishes."""
+
     def __init__(self, app: Celery):
         self.app = app
+        self.messages = TaskPublisher(app, RETRY_POLICY, broker_priority)
 
     def publish(self, workflow_id: str, name: str, queue: str, priority: int = 0) -> bool:
         try:
+            task_name = celery_task_name(name)
+            argsrepr = f"({workflow_id!r}, {name!r})"
+            template = self.messages.template(
+                task_name, name, queue, priority, display_name(name)
+            ) if self.messages.usable() else None
+            if template is not None:
+                self.messages.publish(template, uuid(), [workflow_id, name], argsrepr)
+                return True
             self.app.send_task(
-                celery_task_name(name),
+                task_name,
                 args=[workflow_id, name],
                 queue=queue,
                 routing_key=queue,
                 priority=broker_priority(self.app.conf.broker_url or "", priority),
                 shadow=display_name(name),
-                argsrepr=f"({workflow_id!r}, {name!r})",
+                argsrepr=argsrepr,
                 retry=True,
-                retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
+                retry_policy=RETRY_POLICY,
             )
             return True
         except Exception as exc:  # noqa: BLE001 - the sweeper redelivers

@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "retry", "clock", "context", "timeouts", "limits", "schedules", "metrics", "sagas", "breakers", "inputs", "local_processes", "fork_guard", "embedded_broker", "redis_broker", "migrations", "tracing", "status_rows", "parked_connections",
     }),
     ("store", {"store"}),
-    ("dispatch", {"dispatch", "background_publish", "async_start", "handle", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
+    ("dispatch", {"dispatch", "task_messages", "background_publish", "async_start", "handle", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
     ("engine", {"engine", "step_protocol", "step_attempts", "messaging", "transactions", "runner", "leases", "recovery", "retention"}),
     ("surfaces", {
         "app", "functions", "client", "contrib", "helpers", "dispatched_steps", "canvas", "flow_admin", "workflow_admin", "celery_binding", "pool_watch", "cli", "worker_command", "dashboard", "demo",

@@ -38,6 +38,7 @@ class FlowSql(ExecutionSql):
             select(func.count()).where(W.queue == bindparam("queue"), W.status == Status.PENDING.value)
             .scalar_subquery()
         )
+        self._queues_stmt = Prebuilt(database, select(queues))
         self._lock_queue_stmt = Prebuilt(
             database, select(queues).where(Q.name == bindparam("queue")).with_for_update()
         )
@@ -73,8 +74,7 @@ class FlowSql(ExecutionSql):
             conn.execute(stmt.on_conflict_do_update(index_elements=["name"], set_=values))
 
     def queue_limits(self) -> dict[str, QueueLimits]:
-        with self.db.begin() as conn:
-            rows = conn.execute(select(queues)).mappings().all()
+        rows = self._queues_stmt.all({})  # the sweeper asks every second
         return {
             r["name"]: QueueLimits(
                 r["name"], r["concurrency"], r["partition_concurrency"], r["rate_limit"], bool(r["priority"])

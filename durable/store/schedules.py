@@ -5,16 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import BigInteger, bindparam, select, update
 
 from ..schedules import Schedule
 from ..schema import schedules, workflows
 from .base import StoreBase
+from .prebuilt import Prebuilt
 
 C = schedules.c
 
 
 class ScheduleSql(StoreBase):
+    def __init__(self, database: Any):
+        super().__init__(database)
+        # asked by the sweeper every second: built once
+        self._due_stmt = Prebuilt(database, select(schedules).where(
+            C.paused == 0, C.next_tick_ms <= bindparam("now", type_=BigInteger)
+        ))
     def upsert_schedule(self, schedule: Schedule, now_ms: int) -> None:
         """The definition in code wins; a changed timing restarts the ticks
         from now; paused stays as the operator left it."""
@@ -38,11 +45,7 @@ class ScheduleSql(StoreBase):
             conn.execute(update(schedules).where(C.name == schedule.name).values(**values))
 
     def due_schedules(self, now_ms: int) -> list[dict[str, Any]]:
-        with self.db.begin() as conn:
-            rows = conn.execute(
-                select(schedules).where(C.paused == 0, C.next_tick_ms <= now_ms)
-            ).mappings().all()
-        return [dict(r) for r in rows]
+        return self._due_stmt.all(dict(now=now_ms))
 
     def start_ticks(
         self, name: str, seen_next_tick_ms: int, next_tick_ms: int, rows: list[dict[str, Any]], now_ms: int
