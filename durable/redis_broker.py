@@ -40,12 +40,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
-from kombu.transport import redis
-from redis.exceptions import ConnectionError as RedisConnectionError
-
 
 def patch_kombu() -> None:
-    """Apply the fix to kombu's Redis channel (once per process)."""
+    """Apply the fix to kombu's Redis channel (once per process). Imported
+    here, not with durable: redis-py 8 loads asyncio and ssl with itself
+    (~0.4 s), which a client or command on another broker never needs."""
+    from kombu.transport import redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
     original: Callable[..., Any] = redis.Channel._connparams
     if getattr(original, "durable_fix", False):
         return
