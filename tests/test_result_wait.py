@@ -155,3 +155,26 @@ def test_every_end_notifies_in_its_transaction(create_pg_database):
         drain()
     assert heard == ["done", "cancelled", "quarantined"]
     store.db.dispose()
+
+
+def test_a_wait_for_the_listener_that_began_before_its_thread_started_still_ends(create_pg_database) -> None:
+    """Waiting for the LISTEN connection, then a subscription (another
+    thread's) starts the listener: each listener thread comes with an Event
+    of its own, and the wait follows it instead of waiting out its timeout
+    on the one it first saw (a race the lost-connection test lost once)."""
+    from durable.store.listen import EndedListener
+
+    db = Database(create_pg_database("listen_race"), auto_migrate=True)
+    listener = EndedListener(db)
+    heard: dict[str, Any] = {}
+    waiting = threading.Thread(target=lambda: heard.update(listening=listener.wait_listening(30)))
+    waiting.start()
+    time.sleep(0.2)  # the wait has begun, on the Event the listener was built with
+    unsubscribe = listener.subscribe("nobody", lambda: None)
+    waiting.join(timeout=60)
+    try:
+        assert heard == {"listening": True}  # False: it waited out its 30 s on an Event no thread sets
+    finally:
+        unsubscribe()
+        listener.stop()
+        db.dispose()

@@ -72,8 +72,15 @@ class EndedListener:
 
     def wait_listening(self, timeout_seconds: float) -> bool:
         """True once the connection LISTENs: a workflow that ends from then on
-        is heard."""
-        return self._listening.wait(timeout_seconds)
+        is heard. Follows a thread started meanwhile (by this caller's
+        subscription or another's), which comes with an Event of its own."""
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            remaining = deadline - time.monotonic()
+            if self._listening.wait(max(0.0, min(remaining, 0.05))):
+                return True
+            if remaining <= 0:
+                return False
 
     def stop(self) -> None:
         self._stop.set()
