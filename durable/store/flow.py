@@ -19,7 +19,8 @@ from ..limits import QueueLimits
 from ..records import Status
 from ..schema import queues, workflows
 from .base import W
-from .execution import Claim, ExecutionSql, build_claim_unleased
+from .execution import Claim, ExecutionSql
+from .execution_statements import build_claim_unleased
 from .prebuilt import Prebuilt
 
 Q = queues.c
