@@ -102,6 +102,18 @@ class Ending:
 
     kind: str
     error: str | None = None
+    # the next link of a static chain, claimed by this process in the
+    # statement that ended this one: run it now (see `ClaimNextLink`)
+    next_link: Claim | None = None
+
+
+class ClaimNextLink(Protocol):
+    """Whether this process runs the next link of a static chain at once,
+    instead of publishing it (runner.py decides where)."""
+
+    def __call__(self, row: dict[str, Any]) -> dict[str, Any] | None:
+        """The columns that make `row` claimed here (its lease, taken in the
+        statement that inserts it), or None: publish it."""
 
 
 @dataclass(frozen=True)
@@ -118,8 +130,12 @@ class Collaborators:
 
 
 class Execution:
-    def __init__(self, claim: Claim, owner: str, collaborators: Collaborators):
+    def __init__(
+        self, claim: Claim, owner: str, collaborators: Collaborators, claim_next_link: ClaimNextLink | None = None
+    ):
         self.claim = claim
+        self.claim_next_link = claim_next_link
+        self.next_link: Claim | None = None
         self.owner = owner
         self.store = collaborators.store
         self.dispatcher = collaborators.dispatcher
@@ -156,7 +172,7 @@ class Execution:
                 return Ending(Status.ERROR.value if ended else "fenced", error if ended else None)
             else:
                 ended = self._finish(Status.SUCCESS, output=output)
-                return Ending(Status.SUCCESS.value if ended else "fenced")
+                return Ending(Status.SUCCESS.value, next_link=self.next_link) if ended else Ending("fenced")
 
     def _finish(self, status: Status, output: str | None = None, error: str | None = None) -> bool:
         next_row = None
@@ -169,6 +185,9 @@ class Execution:
                 ends_parent = next_row is None and self.claim.parent_workflow_id is not None
             except Exception as exc:  # the chain cannot go on: this link fails, its parent learns why
                 status, output, error = Status.ERROR, None, ser.dumps_error(exc)
+        claimed = None if next_row is None or self.claim_next_link is None else self.claim_next_link(next_row)
+        if next_row is not None and claimed is not None:
+            next_row = {**next_row, **claimed}
         if ends_parent and output is not None:
             ended, parent, parent_ended = retry_while_unavailable(
                 lambda: self.store.finish_last_link(self.workflow_id, self.epoch, self.clock.now_ms(), output),
@@ -184,7 +203,13 @@ class Execution:
                 ),
                 "ending a workflow", clock=self.clock,
             )
-        if ended and next_row is not None:
+        if ended and next_row is not None and claimed is not None:
+            self.next_link = Claim.of(
+                next_row["workflow_id"], {"last_death": None, **next_row}, status=Status.PENDING.value,
+                epoch=next_row["lease_epoch"], recovered=False, recovery_attempts=0,
+                max_recovery_attempts=next_row["max_recovery_attempts"], steps={},
+            )
+        elif ended and next_row is not None:
             self.dispatcher.publish(next_row["workflow_id"], next_row["name"], next_row["queue"], next_row["priority"])
         if ended and parent:
             publish_if_runnable(self.store, self.dispatcher, parent)

@@ -1,6 +1,7 @@
 """The worker's main process watches over its pool children: it notices a
 dead one within half a second, not five, and it renews the leases of the
-live ones.
+live ones. It also tells them, through one shared byte, whether task events
+are watched (local_links.py).
 
 Leases. On a prefork pool the main process renews every lease its live
 children hold (`leases.ChildLeaseRenewer`, a thread started here), and the
@@ -49,6 +50,7 @@ from celery import bootsteps
 
 from .dispatch import RUN_TASK, is_durable_task
 from .leases import ChildLeaseRenewer
+from .local_links import LocalLinks, SharedFlag, task_events_on
 from .runner import Runner
 
 logger = logging.getLogger("durable.pool_watch")
@@ -118,9 +120,17 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
     def __init__(self, worker: Any, **kwargs: Any):
         self._entry: Any = None
         self._renewer: ChildLeaseRenewer | None = None
+        self._events_watched: SharedFlag | None = None
         runner = _runner(worker)
         if runner is None:
             return
+        if _forks_children(worker):  # the children read whether task events are on from here
+            self._events_watched = SharedFlag(bool(worker.task_events))
+            runner.local_links = LocalLinks.of_worker(worker, self._events_watched)
+        else:
+            runner.local_links = LocalLinks.of_worker(
+                worker, lambda: task_events_on(getattr(worker, "consumer", None))
+            )
         if _forks_children(worker):
             # Celery runs a full gc.collect() before forking each child:
             # ~0.08 s of CPU each in a worker this size, most of a
@@ -149,7 +159,14 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
         self._cancel()
         pool = _async_pool(worker)
         if pool is not None:
-            self._entry = hub.call_repeatedly(CHECK_INTERVAL_SECONDS, pool.maintain_pool)
+            watched = self._events_watched
+
+            def check() -> None:
+                pool.maintain_pool()
+                if watched is not None:
+                    watched.set(task_events_on(getattr(worker, "consumer", None)))
+
+            self._entry = hub.call_repeatedly(CHECK_INTERVAL_SECONDS, check)
             logger.debug("checking pool children every %s s", CHECK_INTERVAL_SECONDS)
 
     def stop(self, worker: Any) -> None:

@@ -6,11 +6,22 @@ A claim that finds no live lease takes it; one that finds the previous
 execution's lease expired counts a recovery, and past
 `max_recovery_attempts` it quarantines the workflow instead
 (MAX_RECOVERY_ATTEMPTS_EXCEEDED, already set by the claim).
+
+The next link of a static chain (canvas.py) runs in the same delivery when
+this worker consumes its queue (`local_links`, set by the worker binding):
+the statement that ends a link inserts the next one already claimed by this
+process, as a worker of that queue would have claimed it on receiving its
+message, and the link runs at once. No message, no second commit, the same
+lease, epoch and recovery as a published link (a dead process's claimed
+link is expired and published by the sweeper). Within LOCAL_LINKS_SECONDS
+of the delivery's start, so other messages get their turn; past it, or
+when the link's queue is limited or not consumed here, it is published.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Protocol
 
@@ -19,7 +30,7 @@ from . import serialization as ser
 from . import tracing
 from .database import retry_while_unavailable
 from .dispatch import process_owner, publish_if_runnable
-from .engine import Collaborators, Ending, Execution
+from .engine import ClaimNextLink, Collaborators, Ending, Execution
 from .errors import MaxRecoveryAttemptsExceededError, UnknownWorkflowError
 from .leases import LeaseKeeper
 from .records import Status
@@ -29,6 +40,9 @@ from .schedules import Schedule
 from .store import HELD, NOT_GATED, Claim, crash_text
 
 logger = logging.getLogger("durable.runner")
+
+# How long one delivery goes on running the links of a chain that follow.
+LOCAL_LINKS_SECONDS = 1.0
 
 
 class RegisteredWorkflow(Protocol):
@@ -42,6 +56,16 @@ class RegisteredWorkflow(Protocol):
     def on_crash_queue(self) -> str | None:
         """Where the next attempt goes after an execution's process died
         (a dispatched step's `on_crash_queue`); None: where it was."""
+
+
+class LocalLinks(Protocol):
+    """Which workflows this worker runs at once instead of publishing
+    (the worker binding: the queues it consumes, Celery's time limits,
+    whether anyone watches task events)."""
+
+    def runs_here(self, name: str, queue: str, carrier: str) -> bool:
+        """Whether workflow `name` on `queue` may run in a delivery of
+        `carrier` (the workflow whose message it is)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +86,10 @@ class Delivery:
         return self.kind in ("quarantined", "unknown") or (
             self.ending is not None and self.ending.kind in (Status.SUCCESS.value, Status.ERROR.value)
         )
+
+    @property
+    def next_link(self) -> Claim | None:
+        return self.ending.next_link if self.ending is not None else None
 
     @property
     def failed(self) -> bool:
@@ -93,6 +121,7 @@ class Runner:
         self.declared_breakers = declared_breakers if declared_breakers is not None else {}
         self._limits: dict[str, QueueLimits] | None = None
         self.leases = LeaseKeeper(self.store, self.settings.lease_seconds, self.clock)
+        self.local_links: LocalLinks | None = None  # set in a worker (celery_binding)
 
     def _max_recovery_attempts(self, name: str) -> int:
         workflow = self.registry.get(name)
@@ -125,16 +154,58 @@ class Runner:
             if claim is None:
                 return Delivery("skipped", workflow_id)
             self._count_claim(claim)
-            delivery = self._deliver_claimed(claim, workflow_id, delivered_on, owner)
-            if delivery.ended:
-                status = (
-                    Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value if delivery.kind == "quarantined"
-                    else delivery.ending.kind if delivery.ending is not None else Status.ERROR.value
-                )
-                metrics.WORKFLOWS_ENDED.labels(claim.name, status).inc()
-            if claim.queue in limits and delivery.ended:
-                self._wake_held(claim.queue, limits[claim.queue])  # its slot is free
+            claim_next = self._claim_next_link(claim, owner, limits)
+            delivery = self._deliver_claimed(claim, workflow_id, delivered_on, owner, claim_next)
+            self._note_end(claim, delivery, limits)
+            while delivery.next_link is not None:  # a chain's next link, claimed here
+                claim = delivery.next_link
+                self._count_claim(claim)
+                delivery = self._deliver_claimed(claim, claim.workflow_id, claim.queue, owner, claim_next)
+                self._note_end(claim, delivery, limits)
             return delivery
+
+    def _note_end(self, claim: Claim, delivery: Delivery, limits: Mapping[str, QueueLimits]) -> None:
+        if delivery.ended:
+            status = (
+                Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value if delivery.kind == "quarantined"
+                else delivery.ending.kind if delivery.ending is not None else Status.ERROR.value
+            )
+            metrics.WORKFLOWS_ENDED.labels(claim.name, status).inc()
+        if claim.queue in limits and delivery.ended:
+            self._wake_held(claim.queue, limits[claim.queue])  # its slot is free
+
+    def _claim_next_link(
+        self, carrier: Claim, owner: str, limits: Mapping[str, QueueLimits]
+    ) -> ClaimNextLink | None:
+        """How this delivery claims a chain's next link to run it at once
+        (see the module's docstring), or None: every link is published."""
+        local = self.local_links
+        if local is None or not carrier.continuation or carrier.queue in limits:
+            return None
+        until = time.monotonic() + LOCAL_LINKS_SECONDS
+        lease_ms = int(self.leases.lease_seconds * 1000)
+
+        def claim_next(row: dict[str, Any]) -> dict[str, Any] | None:
+            workflow = self.registry.get(row["name"])
+            if (
+                time.monotonic() > until or workflow is None or workflow.on_crash_queue
+                or row["queue"] in limits or row.get("start_at_ms") is not None or row.get("dedup_key")
+                or not local.runs_here(row["name"], row["queue"], carrier.name)
+            ):
+                return None
+            now = self.clock.now_ms()
+            return dict(  # what the claim of an unleased workflow writes (store.build_claim_unleased)
+                status=Status.PENDING.value, lease_owner=owner, lease_epoch=1,
+                lease_expires_at_ms=now + lease_ms, redispatch_at_ms=None,
+                max_recovery_attempts=(
+                    row["max_recovery_attempts"] if row.get("max_recovery_attempts") is not None
+                    else self._max_recovery_attempts(row["name"])
+                ),
+                started_at_ms=now, updated_at_ms=now, executor=owner,
+                app_version=self.store.app_version or row.get("app_version"),
+            )
+
+        return claim_next
 
     @staticmethod
     def _count_claim(claim: Claim) -> None:
@@ -145,7 +216,10 @@ class Runner:
         if claim.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
             metrics.QUARANTINES.labels(claim.name).inc()
 
-    def _deliver_claimed(self, claim: Claim, workflow_id: str, delivered_on: str | None, owner: str) -> Delivery:
+    def _deliver_claimed(
+        self, claim: Claim, workflow_id: str, delivered_on: str | None, owner: str,
+        claim_next: ClaimNextLink | None = None,
+    ) -> Delivery:
         if claim.status == Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED.value:
             return Delivery("quarantined", workflow_id, error=self._quarantine(claim))
         workflow = self.registry.get(claim.name)
@@ -160,7 +234,7 @@ class Runner:
                 return self._reroute(claim, claim.queue, crashed=False)
         self.leases.track(workflow_id, claim.epoch, owner)
         try:
-            execution = Execution(claim, owner, self.collaborators)
+            execution = Execution(claim, owner, self.collaborators, claim_next)
             ending = tracing.run_workflow(claim, owner, lambda: execution.run(workflow.fn))
         finally:
             self.leases.untrack(workflow_id)

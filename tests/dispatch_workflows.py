@@ -117,6 +117,16 @@ def stage(value: str, label: str, key: str, pause_seconds: float = 0.0) -> str:
     return f"{value}>{label}"
 
 
+@celery_app.task(name="dispatch.gil_stage")
+def gil_stage(value: str, label: str, key: str, seconds: float) -> str:
+    """A stage whose one C call holds the GIL for `seconds`."""
+    from tests.lease_workflows import hold_the_gil
+
+    hold_the_gil(seconds)
+    note(key, label)
+    return f"{value}>{label}"
+
+
 stage_step = dur.task_step(stage, retries=1)
 
 

@@ -140,6 +140,76 @@ def test_a_chain_of_unchanged_celery_tasks_survives_a_killed_worker_and_a_flushe
     dur.store.db.dispose()
 
 
+def test_a_chain_runs_the_links_that_follow_in_the_same_child_and_a_heavy_link_on_its_pool(
+    backend, client, pool
+):
+    """A worker that consumes the next link's queue runs it in the delivery
+    of the link before (no message); a link routed to `heavy` still runs
+    only on the heavy pool."""
+    default = pool("default", "celery", concurrency=2)
+    heavy = pool("heavy", "heavy")
+    key = "chain-local"
+    stages = [
+        signature("dispatch.stage", args=("img", "a", key)),
+        signature("dispatch.stage", args=("b", key)),
+        signature("dispatch.stage", args=("c", key), queue="heavy"),
+        signature("dispatch.stage", args=("d", key)),
+        signature("dispatch.stage", args=("e", key)),
+    ]
+    handle = _dur(backend).chain(*stages).start(workflow_id=key)
+    assert handle.result(timeout=60) == "img>a>b>c>d>e"
+    ran = runs(key)
+    assert [(what, where) for what, _, where in ran] == [
+        ("a", "default"), ("b", "default"), ("c", "heavy"), ("d", "default"), ("e", "default"),
+    ]
+    pids = {what: pid for what, pid, _ in ran}
+    assert pids["a"] == pids["b"] and pids["d"] == pids["e"]  # each ran in the delivery of the one before
+    assert pids["a"] in default.children() and pids["c"] in heavy.children()
+    assert client.get(f"{key}-0-2").queue == "heavy"
+
+
+def test_sigkill_of_the_child_running_a_chain_link_run_here(backend, client, pool):
+    """The link that followed in the same delivery has no message of its
+    own: its row is expired at the child's death and published again."""
+    pool("default", "celery")
+    key = "chain-kill"
+    stages = [
+        signature("dispatch.stage", args=("img", "a", key)),
+        signature("dispatch.stage", args=("b", key, 30.0)),
+        signature("dispatch.stage", args=("c", key)),
+    ]
+    handle = _dur(backend).chain(*stages).start(workflow_id=key)
+    victim = wait_for(lambda: next((pid for what, pid, _ in runs(key) if what == "b"), None), 60, "b to start")
+    os.kill(victim, signal.SIGKILL)
+    assert handle.result(timeout=30) == "img>a>b>c"  # well under the 30 s the first b would have taken
+    assert [what for what, _, _ in runs(key)] == ["a", "b", "b", "c"]
+    link = client.get(f"{key}-0-1")
+    assert link.recovery_attempts == 1 and "SIGKILL" in (link.last_death or ""), link
+
+
+def test_a_chain_link_run_here_that_holds_the_gil_keeps_its_lease(backend, client, effects_dir, tmp_path):
+    """The worker's main process renews the lease of a link that follows in
+    a child's delivery, as it does for the link whose message it handed out."""
+    lease_s = 1.0
+    env = backend.env(effects_dir, DURABLE_LEASE_SECONDS=str(lease_s), DURABLE_TEST_POOL="default")
+    worker = Worker(env, tmp_path / "gil.log", concurrency=2).start()
+    try:
+        key = "chain-gil"
+        stages = [
+            signature("dispatch.stage", args=("img", "a", key)),
+            signature("dispatch.gil_stage", args=("b", key, 4 * lease_s)),
+            signature("dispatch.stage", args=("c", key)),
+        ]
+        handle = _dur(backend).chain(*stages).start(workflow_id=key)
+        assert handle.result(timeout=60) == "img>a>b>c"
+        ran = runs(key)
+        assert [what for what, _, _ in ran] == ["a", "b", "c"], worker.log_tail()
+        assert len({pid for _, pid, _ in ran}) == 1  # one delivery
+        assert client.get(f"{key}-0-1").recovery_attempts == 0
+    finally:
+        worker.kill_all()
+
+
 def test_bad_dispatched_input_is_refused_before_anything_is_written(backend, client):
     dur = _dur(backend)
     with pytest.raises(TypeError):

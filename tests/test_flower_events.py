@@ -9,7 +9,9 @@ from __future__ import annotations
 import threading
 
 import pytest
-from celery import Celery
+from celery import Celery, signature
+
+from durable import Durable
 
 from tests.harness import Worker, wait_for
 
@@ -102,14 +104,26 @@ def test_flower_sees_dispatched_steps_by_name_and_failed_executions_as_failed(
                      if e.get("type") == "task-received" and repr(workflow_id) in e.get("args", "")}
             return [uuids[e["uuid"]] for e in seen if e.get("type") == kind and e.get("uuid") in uuids]
 
+        # while task events are on, each link of a chain is a task of its own
+        # (not run in the delivery of the link before: local_links.py)
+        chain = Durable(settings=backend.settings()).chain(
+            signature("dispatch.stage", args=("img", "a", "flower-chain")),
+            signature("dispatch.stage", args=("b", "flower-chain")),
+            signature("dispatch.stage", args=("c", "flower-chain")),
+        ).start(workflow_id="flower-chain")
+        assert chain.result(timeout=30) == "img>a>b>c"
+        links = ["flower-chain-0", "flower-chain-0-1", "flower-chain-0-2"]
+
         step_id = f"{ok.workflow_id}-1"
         wait_for(lambda: names_of(step_id, "task-succeeded"), 15, "the dispatched step's task-succeeded")
         wait_for(lambda: names_of(failing.workflow_id, "task-failed"), 15, "the failed workflow's task-failed")
+        wait_for(lambda: all(names_of(link, "task-succeeded") for link in links), 15, "each link's task-succeeded")
     finally:
         stop.set()
         listener.join(timeout=5)
         worker.stop()
     assert names_of(step_id, "task-succeeded") == ["durable.step:heavy_work"]
+    assert [names_of(link, "task-succeeded") for link in links] == [["dispatch.stage"]] * 3
     assert names_of(f"{failing.workflow_id}-0", "task-failed") == ["durable.step:refuses"]
     assert "durable:fails_in_a_step" in names_of(failing.workflow_id, "task-failed")
     failed = [e for e in seen if e.get("type") == "task-failed"]

@@ -7,11 +7,25 @@ from __future__ import annotations
 import json
 from typing import Any, Collection
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 
 from ..records import Status
 from ..schema import steps, workflows
 from .base import S, StoreBase, W
+
+
+def _links_after(carriers: list[str]) -> Any:
+    """The links of the static chains these links belong to (siblings with a
+    continuation): a pool child runs the next link in the delivery of the
+    one before (runner.py), so the worker holds only the first one's
+    message. On the parent index."""
+    parents = select(W.parent_workflow_id).where(
+        W.workflow_id.in_(carriers), W.continuation.is_not(None), W.parent_workflow_id.is_not(None)
+    )
+    return and_(
+        W.parent_workflow_id.is_not(None),  # the parent index's own predicate
+        W.parent_workflow_id.in_(parents.scalar_subquery()), W.continuation.is_not(None),
+    )
 
 
 class LeaseSql(StoreBase):
@@ -43,13 +57,18 @@ class LeaseSql(StoreBase):
         on the primary key."""
         if not workflow_ids or not owners:
             return 0
+        ids, holders = sorted(workflow_ids), sorted(owners)
         with self.db.begin() as conn:
             renewed: int = conn.execute(
                 update(workflows)
+                .where(W.workflow_id.in_(ids), W.lease_owner.in_(holders), W.status == Status.PENDING.value)
+                .values(lease_expires_at_ms=until_ms)
+            ).rowcount
+            renewed += conn.execute(
+                update(workflows)
                 .where(
-                    W.workflow_id.in_(sorted(workflow_ids)),
-                    W.lease_owner.in_(sorted(owners)),
-                    W.status == Status.PENDING.value,
+                    _links_after(ids), W.workflow_id.not_in(ids),
+                    W.lease_owner.in_(holders), W.status == Status.PENDING.value,
                 )
                 .values(lease_expires_at_ms=until_ms)
             ).rowcount
@@ -101,6 +120,14 @@ class LeaseSql(StoreBase):
                 )
                 .values(lease_expires_at_ms=now_ms, last_death=death)
             ).rowcount == 1
+            if expired:
+                return True
+            # the process died in a chain's later link, run in this message's delivery
+            expired = conn.execute(
+                update(workflows)
+                .where(_links_after([workflow_id]), W.lease_owner == owner, W.status == Status.PENDING.value)
+                .values(lease_expires_at_ms=now_ms, last_death=death)
+            ).rowcount > 0
             if expired:
                 return True
             # The report came late: the lease expired and a new execution took

@@ -9,6 +9,7 @@ import pytest
 from celery import Celery
 
 from durable import Status, metrics
+from durable.local_links import LocalLinks
 
 from .conftest import Cluster, SimulatedCrash
 
@@ -181,3 +182,84 @@ def test_a_failing_task_fails_the_canvas_with_its_error(cluster: Cluster, tasks:
         handle.result(timeout=0)
     assert handle.status().status is Status.ERROR
     assert "notify never" not in tasks["calls"]
+
+
+def _run_links_here(cluster: Cluster, queues: list[str], watched: list[bool] | None = None) -> None:
+    """What a worker consuming `queues` sets (pool_watch.py), task events
+    watched while `watched` holds True."""
+    flags = watched if watched is not None else []
+    cluster.dur.runner.local_links = LocalLinks(cluster.dur.celery, queues, lambda: any(flags))
+
+
+def test_a_worker_runs_the_links_that_follow_on_queues_it_consumes(
+    cluster: Cluster, tasks: dict[str, Any]
+) -> None:
+    dur = cluster.dur
+    _run_links_here(cluster, ["celery"])
+    handle = dur.chain(
+        tasks["resize"].s("p", 1), tasks["upload"].s(), tasks["notify"].si("n"),  # images, celery, celery
+        tasks["resize"].si("r", 2), tasks["upload"].s(),  # images, celery
+    ).start(workflow_id="local")
+    first = cluster.dispatcher.pending[0][0]
+    # two messages: each link on "images" (not consumed here); each on "celery" ran in the delivery before
+    assert cluster.drive() == ["executed", "executed"]
+    assert handle.result(timeout=0) == "b/r@2"
+    assert tasks["calls"] == ["resize p", "upload p@1", "notify n", "resize r", "upload r@2"]
+    assert cluster.dispatcher.published == [first, "local-0-3"]
+    links = [cluster.status(wid) for wid in ["local-0", "local-0-1", "local-0-2", "local-0-3", "local-0-4"]]
+    assert [link.status for link in links] == [Status.SUCCESS] * 5
+    assert len({link.executor for link in links}) == 1  # this process claimed each
+
+
+def test_links_are_published_while_task_events_are_watched(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    watched = [True]  # Flower turned task events on: each link shows as a task of its own
+    _run_links_here(cluster, ["celery", "images"], watched)
+    handle = dur.chain(tasks["resize"].s("w", 1), tasks["upload"].s(), tasks["notify"].si("x")).start()
+    assert cluster.drive() == ["executed"] * 3
+    assert handle.result(timeout=0) == "X"
+    watched[0] = False
+    handle = dur.chain(tasks["resize"].s("w", 1), tasks["upload"].s(), tasks["notify"].si("y")).start()
+    assert cluster.drive() == ["executed"]
+    assert handle.result(timeout=0) == "Y"
+
+
+def test_a_task_with_a_time_limit_keeps_its_own_message(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    app: Celery = dur.celery
+
+    @app.task(name="img.slow", shared=False, time_limit=30)
+    def slow(path: str) -> str:
+        return f"slow {path}"
+
+    _run_links_here(cluster, ["celery", "images"])
+    handle = dur.chain(tasks["resize"].s("t", 1), slow.s(), tasks["notify"].si("z")).start()
+    # Celery's time limit applies per message: slow's link is published, and runs
+    # the link after it in its own delivery (limits of the carrier apply to it)
+    assert cluster.drive() == ["executed", "executed", "executed"]
+    assert handle.result(timeout=0) == "Z"
+
+
+def test_a_crash_in_a_link_run_here_is_recovered_from_its_row(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    dur = cluster.dur
+    app: Celery = dur.celery
+    crashed: list[bool] = []
+
+    @app.task(name="img.fragile2", shared=False)
+    def fragile(path: str) -> str:
+        if not crashed:
+            crashed.append(True)
+            raise SimulatedCrash()
+        return f"ok {path}"
+
+    _run_links_here(cluster, ["celery", "images"])
+    handle = dur.chain(tasks["resize"].s("c", 3), fragile.s(), tasks["notify"].si("done")).start(
+        workflow_id="crash"
+    )
+    assert cluster.drive() == ["crashed"]
+    assert cluster.dispatcher.pending == []  # the next link was never published: its row is the truth
+    assert cluster.recover() == ["executed"]
+    assert handle.result(timeout=0) == "DONE"
+    assert tasks["calls"] == ["resize c", "notify done"]
+    link = cluster.status("crash-0-1")
+    assert link.recovery_attempts == 1
