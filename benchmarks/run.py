@@ -35,6 +35,8 @@ from tests.servers import Postgres, Redis  # noqa: E402
 
 PY = sys.executable
 SYSTEMS = ("durable", "celery", "celery-careful", "dbos", "durable-threads")
+# chains only, when named: durable with every link a message of its own (DURABLE_LOCAL_CHAIN_LINKS=0)
+CHAIN_ONLY_SYSTEMS = ("durable-published",)
 # celery: a chain with Celery's defaults (every task's result stored in the
 # backend); celery-careful: what a careful user writes, intermediate results
 # not stored (ignore_result on every task but the last).
@@ -268,7 +270,9 @@ class Bench:
 
     def start_workers(self, system: str, wait: bool = True) -> Any:
         env = self.base_env()
-        if system == "durable":
+        if system in ("durable", "durable-published"):
+            if system == "durable-published":
+                env["DURABLE_LOCAL_CHAIN_LINKS"] = "0"
             w = QuietWorker(env, self.logs / f"durable-{uuid.uuid4().hex[:6]}.log", "workers.app",
                             command=self.args.durable_command)
             w.start(wait_ready=wait)
@@ -465,7 +469,8 @@ class Bench:
         worker count (2 prefork children), same Redis."""
         count = 30 if self.quick else 100
         rounds = 2 if self.quick else 3
-        systems = [s for s in ("durable", "celery", "celery-careful") if s in self.systems]
+        systems = [s for s in ("durable", "durable-published", "celery", "celery-careful")
+                   if s in self.systems or s in self.chain_only_systems]
         raw = self.results["raw"].setdefault("chains", [])
         for r in range(rounds):
             for system in (systems if r % 2 == 0 else list(reversed(systems))):
@@ -477,7 +482,7 @@ class Bench:
                     for label, n in (("warm", 2), ("run", count)):
                         prefix = f"ch-{label}-{system}-{r}-"
                         t0 = time.time()
-                        if system == "durable":
+                        if system in ("durable", "durable-published"):
                             from benchmarks.workloads import noop_task
 
                             for i in range(n):
@@ -710,15 +715,16 @@ class Bench:
             out = s["chains"] = {}
             for sys_ in sorted({r["system"] for r in ch}):
                 out[sys_] = dict(chains_per_s=median([r["chains_per_s"] for r in ch if r["system"] == sys_]))
-            for other in ("celery", "celery-careful"):
-                pairs = []
-                for rd in sorted({r["round"] for r in ch}):
-                    a = [r for r in ch if r["round"] == rd and r["system"] == "durable"]
-                    b = [r for r in ch if r["round"] == rd and r["system"] == other]
-                    if a and b:
-                        pairs.append(a[0]["chains_per_s"] / b[0]["chains_per_s"])
-                if pairs:
-                    out[f"durable_vs_{other}"] = median(pairs)
+            for ours in ("durable", "durable-published"):
+                for other in ("celery", "celery-careful"):
+                    pairs = []
+                    for rd in sorted({r["round"] for r in ch}):
+                        a = [r for r in ch if r["round"] == rd and r["system"] == ours]
+                        b = [r for r in ch if r["round"] == rd and r["system"] == other]
+                        if a and b:
+                            pairs.append(a[0]["chains_per_s"] / b[0]["chains_per_s"])
+                    if pairs:
+                        out[f"{ours}_vs_{other}"] = median(pairs)
         lim = self.results["raw"].get("limits", [])
         if lim:
             out = s["limits"] = {k: dict(workflows_per_s=median([r["workflows_per_s"] for r in lim if r["kind"] == k]))
@@ -776,12 +782,13 @@ class Bench:
         if "chains" in s:
             c = s["chains"]
             lines.append("Chains of 10 no-op Celery tasks (2 worker processes): dur.chain vs Celery's chain with acks_late")
-            for sys_ in ("durable", "celery", "celery-careful"):
+            for sys_ in ("durable", "durable-published", "celery", "celery-careful"):
                 if sys_ in c:
-                    lines.append(f"  {sys_:16} {f(c[sys_]['chains_per_s'])} chains/s")
-            for other in ("celery", "celery-careful"):
-                if f"durable_vs_{other}" in c:
-                    lines.append(f"  durable / {other}: {f(c[f'durable_vs_{other}'], '{:.2f}')}x (median of per-round ratios)")
+                    lines.append(f"  {sys_:17} {f(c[sys_]['chains_per_s'])} chains/s")
+            for ours in ("durable", "durable-published"):
+                for other in ("celery", "celery-careful"):
+                    if f"{ours}_vs_{other}" in c:
+                        lines.append(f"  {ours} / {other}: {f(c[f'{ours}_vs_{other}'], '{:.2f}')}x (median of per-round ratios)")
             lines.append("")
         if "throughput" in s:
             t = s["throughput"]
@@ -830,6 +837,7 @@ class Bench:
     def run(self) -> int:
         parts = self.args.only.split(",") if self.args.only else ["throughput", "recovery", "replay", "memory", "chains", "limits"]
         self.systems = [s for s in SYSTEMS if s in self.args.systems.split(",")]
+        self.chain_only_systems = [s for s in CHAIN_ONLY_SYSTEMS if s in self.args.systems.split(",")]
         started = time.time()
         compile_bytecode()
         try:
@@ -860,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer workflows and rounds (~1.5 min)")
     p.add_argument("--only", default="", help="comma list of: throughput,recovery,replay,memory,chains,limits")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of: " + ",".join(SYSTEMS))
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma list of: " + ",".join(SYSTEMS + CHAIN_ONLY_SYSTEMS))
     p.add_argument("--dbos-concurrency", type=int, default=8,
                    help="DBOS worker_concurrency per process (2 processes); with 1, one dequeue per poll caps DBOS at 2/poll wf/s")
     p.add_argument("--dbos-poll", type=float, default=0.1, help="DBOS queue polling interval, s (DBOS default 1.0)")

@@ -124,7 +124,9 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
         runner = _runner(worker)
         if runner is None:
             return
-        if _forks_children(worker):  # the children read whether task events are on from here
+        if not runner.settings.local_chain_links:
+            pass
+        elif _forks_children(worker):  # the children read whether task events are on from here
             self._events_watched = SharedFlag(bool(worker.task_events))
             runner.local_links = LocalLinks.of_worker(worker, self._events_watched)
         else:

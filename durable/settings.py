@@ -38,6 +38,10 @@ class Settings:
     # backlog is not flooded with duplicates, a flushed message not forgotten.
     redelivery_max_seconds: float = 60.0
     max_recovery_attempts: int = 10
+    # A worker that consumes the next link's queue of a static chain runs it
+    # in the delivery of the link before (runner.py); off: every link is a
+    # message of its own.
+    local_chain_links: bool = True
     # Sleeps and retry back-offs up to this long wait in the worker; longer
     # ones suspend the workflow and free the worker slot.
     inline_wait_max_seconds: float = 2.0

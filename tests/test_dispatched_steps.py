@@ -168,6 +168,31 @@ def test_a_chain_runs_the_links_that_follow_in_the_same_child_and_a_heavy_link_o
     assert client.get(f"{key}-0-2").queue == "heavy"
 
 
+@pytest.mark.parametrize("local_links, messages", [("1", 1), ("0", 4)])
+def test_a_chain_of_four_links_publishes_one_message_or_one_per_link_with_local_links_off(
+    backend, client, effects_dir, tmp_path, local_links, messages
+):
+    """Counted at Redis: every publish is one LPUSH (no other client here)."""
+    import redis as redis_client
+
+    env = backend.env(effects_dir, DURABLE_LOCAL_CHAIN_LINKS=local_links, DURABLE_TEST_POOL="default")
+    worker = Worker(env, tmp_path / "links.log", concurrency=2).start()
+    server = redis_client.Redis.from_url(backend.broker_url)
+    try:
+        key = f"chain-count-{local_links}"
+        stages = [signature("dispatch.stage", args=("img", "a", key))] + [
+            signature("dispatch.stage", args=(label, key)) for label in "bcd"
+        ]
+        dur = _dur(backend)
+        dur.chain(stages[0]).start(workflow_id=f"{key}-warm").result(timeout=60)  # connections made
+        before = server.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+        assert dur.chain(*stages).start(workflow_id=key).result(timeout=60) == "img>a>b>c>d"
+        after = server.info("commandstats").get("cmdstat_lpush", {}).get("calls", 0)
+        assert after - before == messages
+    finally:
+        worker.kill_all()
+
+
 def test_sigkill_of_the_child_running_a_chain_link_run_here(backend, client, pool):
     """The link that followed in the same delivery has no message of its
     own: its row is expired at the child's death and published again."""
