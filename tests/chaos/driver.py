@@ -38,6 +38,8 @@ CLOCK_AHEAD_S = 120  # how far ahead a clock_ahead worker's wall clock reads
 GIL_LEASES = 3.25  # a gil_hold step holds the GIL this many leases (at least 3 are checked)
 GIL_WORKFLOWS = 1  # gil_hold workflows per fault (each costs 3.25 leases of CPU)
 CLOCK_WORKFLOWS = 3  # workflows sent to the clock-ahead workers' own queue per clock_ahead fault
+CHAIN_SHARE = 0.15  # of the load: a dur.chain of 2-5 plain Celery tasks instead of a chaos_order
+LINK_WORKFLOW = "durable.task:chaos.link"
 
 # Every kind the full run injects (with Redis as the broker), each scheduled
 # at least once.
@@ -91,6 +93,7 @@ class Report:
     takeovers_of_live: collections.Counter = field(default_factory=collections.Counter)  # by why
     recoveries_for_live: int = 0
     gil_runs: int = 0
+    chains: int = 0  # dur.chain workflows checked
     gil_held_min: float | None = None
     clock_steps: int = 0  # step runs in processes whose wall clock read ahead
     clock_skew_s: tuple[float, float] | None = None  # (min, max) seen in those
@@ -162,6 +165,12 @@ class Chaos:
         metadata.create_all(self.engine)
         self.install_claim_audit()
         self.client = DurableClient(settings=Settings(
+            home=str(self.dir / "home"), database_url=self.database_url,
+            broker_url=self.broker_url, redelivery_seconds=self.args.redelivery,
+        ))
+        from durable import Durable
+
+        self.canvases = Durable(settings=Settings(  # dur.chain is the app's
             home=str(self.dir / "home"), database_url=self.database_url,
             broker_url=self.broker_url, redelivery_seconds=self.args.redelivery,
         ))
@@ -304,6 +313,9 @@ class Chaos:
 
     def enqueue_one(self, i: int) -> None:
         rng = self.load_rng
+        if rng.random() < CHAIN_SHARE:
+            self.enqueue_chain(i, rng.randint(2, 5), round(rng.choice([0.0, 0.05, 0.2]), 2))
+            return
         params = dict(
             plain_steps=rng.randint(1, 4), flaky_failures=rng.choice([0, 0, 1, 2]),
             with_child=rng.random() < 0.3, pause=round(rng.choice([0.0, 0.05, 0.2, 0.4]), 2),
@@ -318,6 +330,18 @@ class Chaos:
         if dedup:
             self.dedup_keys.append(dedup)
             self.try_duplicate(dedup, workflow_id)
+
+    def enqueue_chain(self, i: int, links: int, pause: float) -> None:
+        """A `dur.chain` of `links` plain Celery tasks (`chaos.link`)."""
+        from celery import signature
+
+        workflow_id = f"c{self.seed}-{i}-chain"
+        tasks = [signature("chaos.link", args=("start", pause))] + [
+            signature("chaos.link", args=(pause,)) for _ in range(links - 1)
+        ]
+        self._retry("enqueue chain", lambda: self.canvases.chain(*tasks).start(workflow_id=workflow_id))
+        with self.lock:
+            self.enqueued.append((workflow_id, "durable.canvas", {"links": links}))
 
     def try_duplicate(self, dedup: str, holder: str) -> None:
         from durable.errors import DuplicateWorkflowError
@@ -606,6 +630,10 @@ class Chaos:
 
         def output(wid: str, step_id: int) -> Any:
             row = steps.get((wid, step_id))
+            link = workflows.get(wid)
+            if row is None and step_id == 0 and link is not None and link["name"] == LINK_WORKFLOW:
+                # a chain link's result is its workflow's output (no step row on success)
+                return json.loads(link["output"]) if link["status"] == "SUCCESS" else None
             if row is None or row["status"] != "SUCCESS":
                 return None
             return json.loads(row["output"])
@@ -651,6 +679,15 @@ class Chaos:
             elif w["name"] == "chaos_gil":
                 if result != [output(wid, i) for i in range(3)]:
                     r.violate(f"{wid}: gil result {result} differs from its checkpoints")
+            elif w["name"] == "durable.canvas":
+                n = params.get(wid, {}).get("links", 0)
+                links = [f"{wid}-0"] + [f"{wid}-0-{k}" for k in range(1, n)]
+                if result != output(links[-1], 0):
+                    r.violate(f"{wid}: chain result {result!r} is not its last link's {output(links[-1], 0)!r}")
+                for link in links:  # each fed its predecessor's recorded output: check 3
+                    if output(link, 0) is None:
+                        r.violate(f"{wid}: link {link} has no recorded result")
+                r.chains += 1
             elif w["name"] == "chaos_noop" and result != "noop":
                 r.violate(f"{wid}: noop returned {result!r}")
 
@@ -660,6 +697,11 @@ class Chaos:
             if e["out"] is not None:
                 produced[(e["wf"], e["step"])].add(e["out"])
         plain_kinds = {"chaos_plain", "chaos_flaky", "chaos_hungry", "chaos_gil_step"}
+        for wid, w in workflows.items():
+            if w["name"] == LINK_WORKFLOW and w["status"] == "SUCCESS":
+                out = json.loads(w["output"])
+                if out not in produced.get((wid, 0), set()):
+                    r.violate(f"{wid} (chain link): result {out!r}, which no execution recorded producing")
         for (wid, step_id), s in steps.items():
             if s["status"] != "SUCCESS" or s["name"] not in plain_kinds | {"chaos_tx_write"}:
                 continue
@@ -956,6 +998,7 @@ def print_report(r: Report) -> None:
     print("\n=== chaos figures ===", flush=True)
     print(f"seed                      {r.seed}")
     print(f"workflows                 {r.workflows}")
+    print(f"dur.chain workflows       {r.chains}")
     print(f"steps (checkpoint rows)   {r.steps}")
     print(f"faults injected           {sum(r.faults.values())}: "
           + ", ".join(f"{k}={v}" for k, v in sorted(r.faults.items())))

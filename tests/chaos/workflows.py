@@ -34,6 +34,7 @@ import durable
 from durable.clock import SYSTEM_CLOCK
 from durable.context import current_execution
 from tests.lease_workflows import hold_the_gil
+from workers.app import app as celery_app
 from workers.app import dur
 
 metadata = MetaData()
@@ -189,3 +190,15 @@ def chaos_gil(seconds: float) -> list:
 @dur.workflow(max_recovery_attempts=MAX_RECOVERY)
 def chaos_noop() -> str:
     return "noop"
+
+
+@celery_app.task(name="chaos.link")
+def chaos_link(prev: str, pause: float) -> str:
+    """A plain Celery task, a link of a `dur.chain` (each link its own
+    workflow, `<chain>-0`, `<chain>-0-1`, ...; its result is the workflow's
+    output, no step row). A worker that consumes the next link's queue runs
+    it in the delivery of this one."""
+    out = _nonce()
+    _pause(pause)
+    _record("link", prev, out)
+    return out
