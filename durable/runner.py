@@ -41,8 +41,9 @@ from .store import HELD, NOT_GATED, Claim, crash_text
 
 logger = logging.getLogger("durable.runner")
 
-# How long one delivery goes on running the links of a chain that follow.
-LOCAL_LINKS_SECONDS = 1.0
+# How long one delivery goes on running the links of a chain that follow
+# (then the next is published: the worker's other messages get their turn).
+LOCAL_LINKS_SECONDS = 2.0
 
 
 class RegisteredWorkflow(Protocol):
