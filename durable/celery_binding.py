@@ -53,11 +53,12 @@ def bind(app: Celery, runner: Runner) -> None:
 
 
 def warm_up_pool_child(**kwargs: Any) -> None:
-    """A prefork pool child, just forked: its database connection and
-    compiled statements are made in a thread now, while the main process is
-    still connecting to the broker, so its first workflow (a restarted
-    worker's own lost work) does not wait for them. A thread: a database
-    slow to answer must not hold the child's start, which Celery times out."""
+    """A prefork pool child, just forked: its database connection is made
+    in a thread now, while the main process is still connecting to the
+    broker, so its first workflow (a restarted worker's own lost work) does
+    not wait for it (the store's statements come compiled from the main
+    process: SchemaBeforeFork). A thread: a database slow to answer must not
+    hold the child's start, which Celery times out."""
     from celery import current_app
 
     app = current_app._get_current_object()
