@@ -60,10 +60,12 @@ def test_a_child_forked_after_the_schema_step_inherits_the_statements_compiled(p
                 for statement in prebuilt:
                     statement.prepare()
                 os.write(write, b"ok")
+            except BaseException as exc:
+                os.write(write, repr(exc).encode()[:1000])
             finally:
                 os._exit(0)
         os.close(write)
         os.waitpid(pid, 0)
-        assert os.read(read, 10) == b"ok"
+        assert os.read(read, 1000) == b"ok"
     finally:
         store.db.dispose()
