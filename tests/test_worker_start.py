@@ -43,15 +43,20 @@ def test_a_child_forked_after_the_schema_step_inherits_the_statements_compiled(p
 
     from durable import Durable
     from durable.celery_binding import SchemaBeforeFork
+    from durable.dispatch import RUN_TASK
     from durable.store import Prebuilt
 
     dur = Durable(settings=pg_backend.settings())
+    # the runner the worker's steps find: this app's (with apps made earlier in this
+    # process, Celery's shared workflow task may have come bound to one of theirs)
+    dur.celery.tasks[RUN_TASK].durable_runner = dur.runner
     store = dur.runner.store
     try:
-        SchemaBeforeFork(SimpleNamespace(app=dur.celery))
+        # those built with the store (more are built on first use, and compiled then)
         prebuilt = [s for v in vars(store).values() for s in (v.values() if isinstance(v, dict) else [v])
                     if isinstance(s, Prebuilt)]
         assert len(prebuilt) > 10
+        SchemaBeforeFork(SimpleNamespace(app=dur.celery))
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: compiling anything would call the dialect's compiler
