@@ -1,11 +1,13 @@
 """A durable worker's start-up, command against command:
 
-    .venv/bin/python -m benchmarks.startup [--pairs 6] [--commands durable,celery]
+    .venv/bin/python -m benchmarks.startup [--pairs 6] [--commands durable,celery] [--against DIR]
 
 Starts its own Postgres and Redis (tests/servers.py), then starts and stops
 a worker the way benchmarks.run does (prefork -c 2, the benchmark's
 workflows, --without-gossip/mingle/heartbeat), the commands in alternation
-(A B, B A, ...), the repository's modules byte-compiled first. For each start: seconds from spawn to Celery's `ready.`
+(A B, B A, ...), the repository's modules byte-compiled first. `--against DIR`
+adds `durable worker` run on another checkout's code (DIR: a worktree, or
+`git archive` of a commit), to alternate the code before a change with it. For each start: seconds from spawn to Celery's `ready.`
 line, and the CPU the worker's processes had used by then. Prints medians.
 Every process it starts is stopped by its PID.
 """
@@ -37,6 +39,7 @@ COMMANDS = {
     "durable": [str(Path(sys.executable).parent / "durable"), "worker", "-A", "workers.app"],
     "celery": [sys.executable, "-m", "celery", "-A", "workers.app", "worker"],
 }
+COMMANDS["against"] = COMMANDS["durable"]
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -51,12 +54,15 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / ticks
 
 
-def one_start(command: str, env: dict[str, str], log_path: Path, name: str) -> tuple[float, float]:
-    """(seconds to `ready.`, CPU seconds of the worker's processes then)."""
+def one_start(command: str, env: dict[str, str], log_path: Path, name: str,
+              checkout: Path = REPO) -> tuple[float, float]:
+    """(seconds to `ready.`, CPU seconds of the worker's processes then),
+    the worker running `checkout`'s code."""
+    env = {**env, "PYTHONPATH": str(checkout)}
     with open(log_path, "wb") as log:
         t0 = time.monotonic()
         proc = subprocess.Popen([*COMMANDS[command], *WORKER_OPTIONS, "-n", f"{name}@%h"], env=env,
-                                cwd=str(REPO), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=str(checkout), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         while b" ready." not in log_path.read_bytes():
             if proc.poll() is not None:
@@ -81,8 +87,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=6, help="rounds, each starting every command once")
     parser.add_argument("--commands", default="durable,celery", help="comma list of: " + ",".join(COMMANDS))
+    parser.add_argument("--against", type=Path, help="another checkout: adds `against`, durable worker on its code")
     args = parser.parse_args()
     commands = args.commands.split(",")
+    checkouts = {command: REPO for command in commands}
+    if args.against is not None:
+        commands.append("against")
+        checkouts["against"] = args.against.resolve()
+        subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(checkouts["against"] / d) for d in (
+            "durable", "workers", "config", "benchmarks"))], check=True, stdout=subprocess.DEVNULL)
     compile_bytecode()
     tmp = Path(tempfile.mkdtemp(prefix="durable-startup-"))
     os.chmod(tmp, 0o755)  # initdb runs as another user
@@ -100,7 +113,8 @@ def main() -> None:
         one_start(commands[0], env, tmp / "warm.log", "warm")  # warms the page cache
         for round_ in range(args.pairs):
             for command in commands if round_ % 2 == 0 else reversed(commands):
-                seconds, cpu = one_start(command, env, tmp / f"{command}-{round_}.log", f"{command}{round_}")
+                seconds, cpu = one_start(command, env, tmp / f"{command}-{round_}.log", f"{command}{round_}",
+                                         checkouts[command])
                 results[command].append((seconds, cpu))
                 print(f"[{time.strftime('%H:%M:%S')}] {command}: ready in {seconds:.2f} s, {cpu:.2f} s CPU "
                       f"(load {os.getloadavg()[0]:.1f})", flush=True)

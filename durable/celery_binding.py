@@ -53,11 +53,12 @@ def bind(app: Celery, runner: Runner) -> None:
 
 
 def warm_up_pool_child(**kwargs: Any) -> None:
-    """A prefork pool child, just forked: its database connection and
-    compiled statements are made in a thread now, while the main process is
-    still connecting to the broker, so its first workflow (a restarted
-    worker's own lost work) does not wait for them. A thread: a database
-    slow to answer must not hold the child's start, which Celery times out."""
+    """A prefork pool child, just forked: its database connection is made
+    in a thread now, while the main process is still connecting to the
+    broker, so its first workflow (a restarted worker's own lost work) does
+    not wait for it (the store's statements come compiled from the main
+    process: SchemaBeforeFork). A thread: a database slow to answer must not
+    hold the child's start, which Celery times out."""
     from celery import current_app
 
     app = current_app._get_current_object()
@@ -193,7 +194,12 @@ class TasksAsSteps(bootsteps.Step):  # type: ignore[misc]
 class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]
     """Migrates in the worker's main process while the blueprint is built,
     before the pool forks: a child forked while the sweeper thread is
-    migrating would inherit locks held by a thread it does not have."""
+    migrating would inherit locks held by a thread it does not have. Then
+    compiles the store's statements, once for the pool's children: each
+    child compiling them itself after its fork (~30 ms of CPU) competed
+    for the CPU with its worker's start and with its own first workflow
+    (on two cores, a restarted worker's children were still compiling when
+    its lost workflow arrived)."""
 
     def __init__(self, worker: Any, **kwargs: Any):
         super().__init__(worker, **kwargs)
@@ -202,6 +208,7 @@ class SchemaBeforeFork(bootsteps.Step):  # type: ignore[misc]
                 runner = _runner_of(worker.app)
                 runner.store.db.ensure_schema()
                 runner.declare()  # queues and schedules from code, before any start
+                runner.store.compile_statements()
         except Exception as exc:  # noqa: BLE001 - children migrate when it is back
             if not is_transient(exc):
                 raise

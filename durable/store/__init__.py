@@ -35,11 +35,19 @@ class Store(
         """Open this process's connection and compile the statements built
         with the store (the claim, the end, ...) before a workflow needs
         them: a pool child just forked does so while its worker is still
-        connecting to the broker, not on its first workflow (~50 ms)."""
+        connecting to the broker, not on its first workflow (~50 ms). Those
+        its worker's main process compiled before forking it
+        (`compile_statements`) are compiled already."""
         if self.db.is_sqlite:
             return
         with self.db.driver_cursor() as cursor:
             cursor.execute("SELECT 1")
+        self.compile_statements()
+
+    def compile_statements(self) -> None:
+        """Compile the statements built with the store now (Postgres; ~2 ms
+        each, ~30 ms for all). A worker's main process does so before its
+        pool forks, so that the children inherit them compiled."""
         for value in list(vars(self).values()):
             for statement in value.values() if isinstance(value, dict) else [value]:
                 if isinstance(statement, Prebuilt):

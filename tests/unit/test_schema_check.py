@@ -27,3 +27,24 @@ def test_a_current_schema_is_checked_without_importing_alembic(tmp_path: Path) -
         + ["assert 'alembic' not in sys.modules, 'Alembic was imported'"]
     )
     subprocess.run([sys.executable, "-c", check], cwd=REPO, check=True, timeout=60)
+
+
+def test_the_newest_revision_read_from_the_files_is_alembics_head() -> None:
+    from durable.database import _alembic_config, _head, _newest_revision
+
+    for history in (SYSTEM_TABLES, APP_TABLES):
+        assert _newest_revision(history) == _head(_alembic_config(history))
+
+
+def test_revisions_are_read_from_the_assignments_however_they_are_written(tmp_path: Path) -> None:
+    from durable.database import SchemaHistory, _newest_revision
+
+    versions = tmp_path / "versions"
+    versions.mkdir()
+    (versions / "a.py").write_text('"""First.\n\nrevision = "not this"\n"""\nrevision = "a"\ndown_revision = None\n')
+    (versions / "b.py").write_text('revision = "b"\ndown_revision = (\n    "a"\n)\n')  # does not parse cut at its line
+    (versions / "c.py").write_text('import x\n\nrevision = "c"\ndown_revision = "b"\n\n\ndef upgrade():\n    pass\n')
+    history = SchemaHistory(tmp_path, "version_table", 1)
+    assert _newest_revision(history) == "c"
+    (versions / "d.py").write_text('revision = "d"\ndown_revision = "b"\n')  # a second head: Alembic decides
+    assert _newest_revision(history) is None
