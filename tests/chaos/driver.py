@@ -459,11 +459,19 @@ class Chaos:
             if not candidates:
                 return "no child to kill"
             running = [(w, c) for w, c in candidates if c in busy]
-            worker, child = rng.choice(running or candidates)
-            self.disturbed_pids.add(child)
-            self.alive_until[child] = time.time()
-            os.kill(child, signal.SIGKILL)
-            return f"SIGKILL child {child} of {worker.name}{' (running a workflow)' if running else ''}"
+            while running or candidates:
+                worker, child = rng.choice(running or candidates)
+                killed_at = time.time()
+                try:
+                    os.kill(child, signal.SIGKILL)
+                except ProcessLookupError:  # exited since it was listed (a retiring worker's, a recycled one)
+                    running = [wc for wc in running if wc[1] != child]
+                    candidates = [wc for wc in candidates if wc[1] != child]
+                    continue
+                self.disturbed_pids.add(child)
+                self.alive_until[child] = killed_at
+                return f"SIGKILL child {child} of {worker.name}{' (running a workflow)' if running else ''}"
+            return "no child to kill"
         if kind == "kill_worker":
             worker = self.pick_worker()
             self.note_skewed_children()
