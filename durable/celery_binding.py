@@ -37,6 +37,10 @@ def bind(app: Celery, runner: Runner) -> None:
     app.task(
         name=RUN_TASK,
         bind=True,
+        # this app's task, carrying this app's runner: a shared one would be
+        # added to every Celery app in the process, and a second Durable app's
+        # would replace the first one's when that app is finalized
+        shared=False,
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=True,
