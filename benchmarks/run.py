@@ -79,6 +79,17 @@ def compile_bytecode() -> None:
         compileall.compile_dir(str(REPO / package), quiet=1)
 
 
+def per_round_ratio(rows: list[dict], ours: str, other: str, figure: str) -> float | None:
+    """Median over rounds of ours/other (same round, same machine load), or None."""
+    pairs = []
+    for rd in sorted({r["round"] for r in rows}):
+        a = [r for r in rows if r["round"] == rd and r["system"] == ours]
+        b = [r for r in rows if r["round"] == rd and r["system"] == other]
+        if a and b:
+            pairs.append(a[0][figure] / b[0][figure])
+    return median(pairs) if pairs else None
+
+
 def celery_chains(system: str, n: int) -> None:
     """`n` of Celery's own chains of 10 no-op tasks, acks_late, to their ends;
     "celery-careful" stores no intermediate result."""
@@ -699,17 +710,11 @@ class Bench:
                              for k in {k for r in rows for k in r["enqueue_us"]}},
                 )
             # ratios per round (same round = same machine load), then the median
-            rounds = sorted({r["round"] for r in tp})
             for ours in DURABLE_SYSTEMS:
                 for other in ("celery", "celery-careful", "dbos"):
-                    pairs = []
-                    for rd in rounds:
-                        a = [r for r in tp if r["round"] == rd and r["system"] == ours]
-                        b = [r for r in tp if r["round"] == rd and r["system"] == other]
-                        if a and b:
-                            pairs.append(a[0]["workflows_per_s"] / b[0]["workflows_per_s"])
-                    if pairs:
-                        t[f"{ours}_vs_{other}"] = median(pairs)
+                    ratio = per_round_ratio(tp, ours, other, "workflows_per_s")
+                    if ratio is not None:
+                        t[f"{ours}_vs_{other}"] = ratio
         ch = self.results["raw"].get("chains", [])
         if ch:
             out = s["chains"] = {}
@@ -717,14 +722,9 @@ class Bench:
                 out[sys_] = dict(chains_per_s=median([r["chains_per_s"] for r in ch if r["system"] == sys_]))
             for ours in ("durable", "durable-published"):
                 for other in ("celery", "celery-careful"):
-                    pairs = []
-                    for rd in sorted({r["round"] for r in ch}):
-                        a = [r for r in ch if r["round"] == rd and r["system"] == ours]
-                        b = [r for r in ch if r["round"] == rd and r["system"] == other]
-                        if a and b:
-                            pairs.append(a[0]["chains_per_s"] / b[0]["chains_per_s"])
-                    if pairs:
-                        out[f"{ours}_vs_{other}"] = median(pairs)
+                    ratio = per_round_ratio(ch, ours, other, "chains_per_s")
+                    if ratio is not None:
+                        out[f"{ours}_vs_{other}"] = ratio
         lim = self.results["raw"].get("limits", [])
         if lim:
             out = s["limits"] = {k: dict(workflows_per_s=median([r["workflows_per_s"] for r in lim if r["kind"] == k]))

@@ -102,18 +102,14 @@ class Ending:
 
     kind: str
     error: str | None = None
-    # the next link of a static chain, claimed by this process in the
-    # statement that ended this one: run it now (see `ClaimNextLink`)
-    next_link: Claim | None = None
+    next_link: Claim | None = None  # a chain's next link, claimed here by the end: run it now
 
 
 class ClaimNextLink(Protocol):
-    """Whether this process runs the next link of a static chain at once,
-    instead of publishing it (runner.py decides where)."""
+    """Whether this process runs a static chain's next link at once (runner.py)."""
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any] | None:
-        """The columns that make `row` claimed here (its lease, taken in the
-        statement that inserts it), or None: publish it."""
+        """The columns that claim `row` here, in the statement inserting it; None: publish it."""
 
 
 @dataclass(frozen=True)
