@@ -34,31 +34,18 @@ from sqlalchemy.engine import Connection
 
 from . import metrics
 from . import serialization as ser
-from . import step_attempts
+from . import child_workflows, step_attempts
 from .clock import Clock
 from .context import enter_execution
 from .database import retry_while_unavailable
 from .dispatch import Dispatcher, publish_if_runnable
-from .errors import DuplicateWorkflowError, NonDeterministicWorkflowError, WorkflowNotFoundError
+from .errors import NonDeterministicWorkflowError
 from .records import Status, StepStatus
 from .settings import Settings
-from .starting import derived_child_id
-from .step_protocol import Position, Step
-from .store import Claim, DedupConflict, Store, crash_text
+from .step_protocol import Position, Step, Suspend
+from .store import Claim, Store, crash_text
 
 logger = logging.getLogger("durable.engine")
-
-# How often a workflow awaiting a workflow that is not its child looks again.
-POLL_OTHER_WORKFLOW_MS = 2_000
-
-
-class Suspend(BaseException):
-    """Unwinds a workflow that must wait; BaseException so user code's
-    `except Exception` cannot swallow it."""
-
-    def __init__(self, wake_at_ms: int | None):
-        super().__init__(wake_at_ms)
-        self.wake_at_ms = wake_at_ms
 
 
 class Fenced(BaseException):
@@ -388,124 +375,13 @@ class Execution:
             raise RuntimeError("this execution was given no messaging")
         return self.collaborators.messaging
 
-    # --- children -----------------------------------------------------------------
+    # --- children (child_workflows.py) -------------------------------------------------
 
     def start_child(self, child_row: dict[str, Any], name: str, on_duplicate: str = "raise") -> str:
-        """Start a child: its row and this step's checkpoint naming it commit
-        together. When another active workflow holds the child's dedup key,
-        the step records DuplicateWorkflowError and raises it, or with
-        on_duplicate="return_existing" records and returns the holder's ID;
-        a replay gives the same."""
-
-        def started(row: dict[str, Any]) -> str:
-            """What a recorded start gives: the child's ID (or the holder's),
-            or a refused duplicate's error raised again."""
-            if row["status"] == StepStatus.ERROR.value:
-                self.replay(row)
-            return str(row["child_workflow_id"])
-
-        position = self.reserve(f"start:{name}")
-        if position.row is not None:
-            return started(position.row)
-        if not child_row.get("workflow_id"):
-            child_row["workflow_id"] = derived_child_id(self.workflow_id, position.step_id)
-        child_row["parent_workflow_id"] = self.workflow_id
-        child_id = child_row["workflow_id"]
-        values = self.outcome(
-            position, StepStatus.SUCCESS, output=ser.dumps(child_id), child_workflow_id=child_id
-        )
-        try:
-            written = retry_while_unavailable(
-                lambda: self.store.start_child(self.workflow_id, self.epoch, dict(child_row), values),
-                "starting a child workflow", clock=self.clock,
-            )
-        except DedupConflict as conflict:
-            holder = conflict.holder_workflow_id
-            if on_duplicate == "return_existing" and holder is not None:
-                outcome = self.outcome(
-                    position, StepStatus.SUCCESS, output=ser.dumps(holder), child_workflow_id=holder
-                )
-            else:
-                error = DuplicateWorkflowError(child_row["dedup_key"], child_row["queue"], holder)
-                outcome = self.outcome(position, StepStatus.ERROR, error=ser.dumps_error(error))
-            # what this execution recorded, or what another recorded first
-            return started(self.record(outcome) or outcome)
-        if not written:
-            return started(self.resolve_conflict(position.step_id))
-        self.dispatcher.publish(child_id, name, child_row["queue"], child_row["priority"])
-        return str(child_id)
+        return child_workflows.start_child(self, child_row, name, on_duplicate)
 
     def await_sequence(self, workflow_ids: list[str]) -> Any:
-        """The outcome of workflows each started by the end of the one before
-        (a static chain): the error of the first that did not succeed, else
-        the last one's output. Each of them wakes this workflow only if it
-        fails or is the last, so it waits suspended until then."""
-        position = self.reserve("durable.chain.result")
-        if position.final:
-            return self.replay(position.row or {})
-        outcomes = retry_while_unavailable(
-            lambda: self.store.outcomes(workflow_ids), "reading a chain's outcomes", clock=self.clock
-        )
-        for workflow_id in workflow_ids:
-            outcome = outcomes.get(workflow_id)
-            if outcome is None or outcome["status"] in (Status.ENQUEUED.value, Status.PENDING.value):
-                raise Suspend(None)  # the chain goes on; its end or a failure wakes us
-            if outcome["status"] != Status.SUCCESS.value:
-                error = ser.outcome_error(workflow_id, outcome["status"], outcome["error"])
-                existing = self.record(self.outcome(
-                    position, StepStatus.ERROR, error=ser.dumps_error(error), child_workflow_id=workflow_id
-                ))
-                if existing is not None:
-                    return self.replay(existing)
-                raise error
-        last = workflow_ids[-1]
-        output = outcomes[last]["output"]
-        return self.record_success(position, output, ser.loads(output), child_workflow_id=last)
+        return child_workflows.await_sequence(self, workflow_ids)
 
     def await_workflow(self, workflow_id: str, timeout: float | None = None) -> Any:
-        """A workflow's outcome; suspends until it ends. With a timeout, its
-        deadline is recorded first, so a replay waits for the same instant,
-        and a wait that outlives it is recorded as a TimeoutError."""
-        deadline_ms = None
-        if timeout is not None:
-            if timeout < 0:
-                raise ValueError(f"timeout must be >= 0, got {timeout!r}")
-            deadline_ms = self.record_value(
-                "durable.result.deadline", lambda: self.clock.now_ms() + int(timeout * 1000)
-            )
-        position = self.reserve("durable.result")
-        if position.final:
-            return self.replay(position.row or {})
-        outcome = retry_while_unavailable(
-            lambda: self.store.workflow_outcome(workflow_id), "reading a child's status",
-            clock=self.clock,
-        )
-        if outcome is None:
-            raise WorkflowNotFoundError(workflow_id)
-        status = outcome["status"]
-        waiting = status in (Status.ENQUEUED.value, Status.PENDING.value)
-        now = self.clock.now_ms()
-        if waiting and (deadline_ms is None or now < deadline_ms):
-            # A child wakes its parent when it ends; any other workflow is
-            # looked at again every few seconds, so no waiter is left in limbo.
-            wake_at = deadline_ms
-            if outcome["parent_workflow_id"] != self.workflow_id:
-                poll_at = now + POLL_OTHER_WORKFLOW_MS
-                wake_at = poll_at if wake_at is None else min(wake_at, poll_at)
-            raise Suspend(wake_at)  # the sweeper publishes us at wake_at
-        if status == Status.SUCCESS.value:
-            return self.record_success(
-                position, outcome["output"], ser.loads(outcome["output"]), child_workflow_id=workflow_id
-            )
-        if waiting:
-            error: BaseException = TimeoutError(
-                f"workflow {workflow_id!r} still {status} after {timeout}s"
-            )
-        else:
-            error = ser.outcome_error(workflow_id, status, outcome["error"])
-        existing = self.record(self.outcome(
-            position, StepStatus.ERROR, error=ser.dumps_error(error), child_workflow_id=workflow_id
-        ))
-        if existing is not None:
-            return self.replay(existing)
-        raise error
+        return child_workflows.await_workflow(self, workflow_id, timeout)

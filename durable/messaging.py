@@ -27,7 +27,8 @@ from typing import Any, Callable
 
 from . import serialization as ser
 from .database import retry_while_unavailable
-from .engine import Execution, Suspend
+from .engine import Execution
+from .step_protocol import Suspend
 from .step_protocol import Position
 from .errors import NotInWorkflowError, WorkflowNotFoundError
 from .mailbox import check_timeout, ring

@@ -1,8 +1,9 @@
 """What a step's attempts need of the engine, and of a step: a reserved
-position in the workflow's history, the step itself, and the execution
-that checkpoints it (engine.Execution is the one). Kept apart from
-engine.py so that step_attempts.py, which engine.py calls, needs nothing
-of engine.py."""
+position in the workflow's history, the step itself, the execution
+that checkpoints it (engine.Execution is the one), and `Suspend`, which
+unwinds a workflow that must wait. Kept apart from engine.py so that
+step_attempts.py and child_workflows.py, which engine.py calls, need
+nothing of engine.py."""
 
 from __future__ import annotations
 
@@ -62,3 +63,12 @@ class StepHost(Protocol):
         self, step: Step, position: Position, args: tuple[Any, ...], kwargs: dict[str, Any],
         success: Callable[[str], dict[str, Any]],
     ) -> tuple[Any, dict[str, Any] | None]: ...
+
+
+class Suspend(BaseException):
+    """Unwinds a workflow that must wait; BaseException so user code's
+    `except Exception` cannot swallow it."""
+
+    def __init__(self, wake_at_ms: int | None):
+        super().__init__(wake_at_ms)
+        self.wake_at_ms = wake_at_ms

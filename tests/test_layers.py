@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     }),
     ("store", {"store"}),
     ("dispatch", {"dispatch", "task_messages", "background_publish", "async_start", "handle", "starting", "recorded_inputs", "mailbox", "in_transaction"}),
-    ("engine", {"engine", "step_protocol", "step_attempts", "messaging", "transactions", "runner", "leases", "recovery", "retention"}),
+    ("engine", {"engine", "step_protocol", "step_attempts", "child_workflows", "messaging", "transactions", "runner", "leases", "recovery", "retention"}),
     ("surfaces", {
         "app", "functions", "client", "contrib", "helpers", "dispatched_steps", "canvas", "flow_admin", "workflow_admin", "celery_binding", "pool_watch", "local_links", "cli", "worker_command", "dashboard", "demo",
         "__init__", "__main__",
@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, set[str]]] = [
 WORKER_SIDE = [
     "durable.engine", "durable.runner", "durable.celery_binding", "durable.leases",
     "durable.pool_watch", "durable.local_links", "durable.recovery", "durable.app", "durable.messaging",
-    "durable.transactions", "durable.step_attempts",
+    "durable.transactions", "durable.step_attempts", "durable.child_workflows",
 ]
 
 
