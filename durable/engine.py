@@ -187,11 +187,7 @@ class Execution:
                 "ending a workflow", clock=self.clock,
             )
         if ended and next_row is not None and claimed is not None:
-            self.next_link = Claim.of(
-                next_row["workflow_id"], {"last_death": None, **next_row}, status=Status.PENDING.value,
-                epoch=next_row["lease_epoch"], recovered=False, recovery_attempts=0,
-                max_recovery_attempts=next_row["max_recovery_attempts"], steps={},
-            )
+            self.next_link = Claim.of_claimed_row(next_row)
         elif ended and next_row is not None:
             self.dispatcher.publish(next_row["workflow_id"], next_row["name"], next_row["queue"], next_row["priority"])
         if ended and parent:

@@ -124,16 +124,14 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
         runner = _runner(worker)
         if runner is None:
             return
-        if not runner.settings.local_chain_links:
-            pass
-        elif _forks_children(worker):  # the children read whether task events are on from here
-            self._events_watched = SharedFlag(bool(worker.task_events))
-            runner.local_links = LocalLinks.of_worker(worker, self._events_watched)
-        else:
+        forks = _forks_children(worker)
+        if runner.settings.local_chain_links:
+            # pool children read whether task events are on from this process; others read it themselves
+            self._events_watched = SharedFlag(bool(worker.task_events)) if forks else None
             runner.local_links = LocalLinks.of_worker(
-                worker, lambda: task_events_on(getattr(worker, "consumer", None))
+                worker, self._events_watched or (lambda: task_events_on(getattr(worker, "consumer", None)))
             )
-        if _forks_children(worker):
+        if forks:
             # Celery runs a full gc.collect() before forking each child:
             # ~0.08 s of CPU each in a worker this size, most of a
             # restarted worker's pool start. What lives now (modules, the

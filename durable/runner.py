@@ -37,7 +37,7 @@ from .records import Status
 from .breakers import CircuitBreaker
 from .limits import QueueLimits
 from .schedules import Schedule
-from .store import HELD, NOT_GATED, Claim, crash_text
+from .store import HELD, NOT_GATED, Claim, claimed_columns, crash_text
 
 logger = logging.getLogger("durable.runner")
 
@@ -194,16 +194,9 @@ class Runner:
                 or not local.runs_here(row["name"], row["queue"], carrier.name)
             ):
                 return None
-            now = self.clock.now_ms()
-            return dict(  # what the claim of an unleased workflow writes (store.build_claim_unleased)
-                status=Status.PENDING.value, lease_owner=owner, lease_epoch=1,
-                lease_expires_at_ms=now + lease_ms, redispatch_at_ms=None,
-                max_recovery_attempts=(
-                    row["max_recovery_attempts"] if row.get("max_recovery_attempts") is not None
-                    else self._max_recovery_attempts(row["name"])
-                ),
-                started_at_ms=now, updated_at_ms=now, executor=owner,
-                app_version=self.store.app_version or row.get("app_version"),
+            return claimed_columns(
+                row, owner, self.clock.now_ms(), lease_ms, self._max_recovery_attempts(row["name"]),
+                self.store.app_version,
             )
 
         return claim_next

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from .base import DedupConflict, StartResult
 from .breakers import BreakerSql
-from .execution import Claim, ExecutionSql
+from .execution import Claim, ExecutionSql, claimed_columns
 from .execution_statements import crash_text
 from .flow import HELD, NOT_GATED, FlowSql
 from .leases import LeaseSql
@@ -19,7 +19,7 @@ from .retention import RetentionSql
 from .schedules import ScheduleSql
 from .sweeps import SweepSql
 
-__all__ = ["HELD", "NOT_GATED", "Claim", "DedupConflict", "Doorbell", "StartResult", "Store", "crash_text"]
+__all__ = ["HELD", "NOT_GATED", "Claim", "DedupConflict", "Doorbell", "StartResult", "Store", "claimed_columns", "crash_text"]
 
 
 class Store(
