@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from .base import DedupConflict, StartResult
 from .breakers import BreakerSql
-from .execution import Claim, ExecutionSql, claimed_columns
-from .execution_statements import crash_text
+from .execution import Claim, ExecutionSql
+from .execution_statements import claimed_columns, crash_text
 from .flow import HELD, NOT_GATED, FlowSql
 from .leases import LeaseSql
 from .management import ManagementSql

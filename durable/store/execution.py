@@ -85,22 +85,6 @@ class Claim:
         )
 
 
-def claimed_columns(
-    row: Mapping[str, Any], owner: str, now_ms: int, lease_ms: int, default_max_recovery: int,
-    app_version: str | None,
-) -> dict[str, Any]:
-    """What the claim of an unleased workflow writes (build_claim_unleased),
-    for a new row that its INSERT claims: a chain's next link run by the
-    process that ended the link before (runner.py)."""
-    max_recovery = row.get("max_recovery_attempts")
-    return dict(
-        status=Status.PENDING.value, lease_owner=owner, lease_epoch=1,
-        lease_expires_at_ms=now_ms + lease_ms, redispatch_at_ms=None,
-        max_recovery_attempts=max_recovery if max_recovery is not None else default_max_recovery,
-        started_at_ms=now_ms, updated_at_ms=now_ms, executor=owner,
-        app_version=app_version or row.get("app_version"),
-    )
-
 
 
 class ExecutionSql(StoreBase):

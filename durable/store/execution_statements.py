@@ -1,12 +1,12 @@
 """The statements of the execution path (store/execution.py), each built
-once: the claim of an unleased workflow, a workflow's end (alone, starting
+once: the claim of an unleased workflow (and its columns for a row its INSERT claims), a workflow's end (alone, starting
 the next link of a chain, or ending the parent that waited for it), its
 suspension, a parent's wait on a child; and the text of a recorded crash."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from sqlalchemy import BigInteger, Integer, String, Text, bindparam, case, exists, func, or_, select, update
 from sqlalchemy.sql.dml import ReturningUpdate
@@ -64,6 +64,23 @@ def build_claim_unleased(is_sqlite: bool, *also: ColumnElement[bool]) -> Returni
             W.queue, W.parent_workflow_id, W.deadline_at_ms, W.last_death, W.continuation,
             W.trace_context, has_steps.label("has_steps"),
         )
+    )
+
+
+def claimed_columns(
+    row: Mapping[str, Any], owner: str, now_ms: int, lease_ms: int, default_max_recovery: int,
+    app_version: str | None,
+) -> dict[str, Any]:
+    """What the claim of an unleased workflow writes (build_claim_unleased),
+    for a new row that its INSERT claims: a chain's next link run by the
+    process that ended the link before (runner.py)."""
+    max_recovery = row.get("max_recovery_attempts")
+    return dict(
+        status=Status.PENDING.value, lease_owner=owner, lease_epoch=1,
+        lease_expires_at_ms=now_ms + lease_ms, redispatch_at_ms=None,
+        max_recovery_attempts=max_recovery if max_recovery is not None else default_max_recovery,
+        started_at_ms=now_ms, updated_at_ms=now_ms, executor=owner,
+        app_version=app_version or row.get("app_version"),
     )
 
 
