@@ -319,7 +319,8 @@ class Execution:
         """A step with its retry policy: each failed attempt is recorded, so
         a recovered execution resumes the count (step_attempts.py). A
         dispatched step's own workflow passes checkpoint_success=False: its
-        end records the result."""
+        end records the result (a success still replaces a RETRYING row, so
+        a crash or failed attempt it survived does not show as pending)."""
         return step_attempts.run_step(self, step, args, kwargs, transactional, checkpoint_success)
 
     def run_transactional(

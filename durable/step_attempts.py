@@ -88,8 +88,8 @@ def run_step(
         metrics.STEP_SECONDS.labels(step.name, "success").observe(time.perf_counter() - attempt_began)
         if breaker is not None:
             _report_to_breaker(execution, breaker, probe_token, succeeded=True)
-        if not transactional and not checkpoint_success:
-            return result
+        if not transactional and not checkpoint_success and row is None and attempts == 0:
+            return result  # nothing recorded to overwrite: the step's workflow's end is the checkpoint
         if not transactional:  # outside the try: a failed write is no failed attempt
             existing = execution.record(success(output))
         return result if existing is None else execution.replay(existing)

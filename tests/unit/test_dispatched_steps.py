@@ -81,7 +81,8 @@ def test_a_dispatched_step_retries_where_it_runs(cluster: Cluster) -> None:
     cluster.drive()
     assert handle.result(timeout=0) == "up" and len(attempts) == 3
     child_steps = cluster.steps(f"{handle.workflow_id}-0")
-    assert [s.attempts for s in child_steps] == [2]  # the failed attempts, recorded in the step's workflow
+    # the failed attempts, recorded in the step's workflow, then its success over them
+    assert [(s.status.value, s.attempts, len(s.attempt_errors)) for s in child_steps] == [("SUCCESS", 3, 2)]
 
 
 def test_a_step_that_keeps_dying_fails_inside_the_workflow_which_can_catch_it(cluster: Cluster) -> None:
@@ -137,6 +138,7 @@ def test_after_a_crash_the_next_attempt_goes_to_on_crash_queue(cluster: Cluster)
     assert cluster.dispatcher.queues.count((step_id, "big")) == 1
     [step] = cluster.steps(step_id)
     assert step.crashes == 1 and step.last_crash is not None and '"hungry"' in step.last_crash
+    assert step.status.value == "SUCCESS"  # not left RETRYING by the crash it survived
 
 
 def test_an_existing_celery_task_as_a_step_keeps_its_routing(cluster: Cluster) -> None:
