@@ -6,15 +6,19 @@ receive the next link's message anyway runs it without the broker hop.
 A link runs here only when nothing Celery would apply to its message is
 lost by skipping the message:
 
-- this worker consumes the link's queue (as it was when the worker started);
+- this worker consumes the link's queue;
 - neither the link's task nor the one whose message carries the delivery
   has a time or rate limit (Celery applies those per message), nor does the
   worker (`--time-limit`);
 - nobody watches task events. Flower turns them on in every worker it
   sees (`enable_events`); then each link is published, and shows in Flower
-  as a task of its own, as before. The worker's main process reads that
-  from its consumer every PoolWatch tick and hands it to the pool children
-  through one shared byte.
+  as a task of its own, as before;
+- the worker consumes the queues it started with: after an `add_consumer`
+  or `cancel_consumer` (an operator draining a queue off a pool) every
+  link is published, so Celery's routing alone decides where each runs.
+
+The worker's main process reads the last two from its consumer every
+PoolWatch tick and hands them to the pool children through one shared byte.
 """
 
 from __future__ import annotations
@@ -39,6 +43,24 @@ def task_events_on(consumer: Any) -> bool:
     return not groups or "task" in groups
 
 
+def consumed_queues(consumer: Any) -> frozenset[str] | None:
+    """The queues a worker's consumer takes messages from now, or None
+    while it has no task consumer (starting, or reconnecting)."""
+    task_consumer = getattr(consumer, "task_consumer", None)
+    if task_consumer is None:
+        return None
+    return frozenset(queue.name for queue in task_consumer.queues)
+
+
+def publish_every_link(consumer: Any, queues_at_start: frozenset[str]) -> bool:
+    """Whether every link must go through the broker now: task events are
+    watched, or the consumed queues changed at runtime."""
+    if task_events_on(consumer):
+        return True
+    queues = consumed_queues(consumer)
+    return queues is not None and queues != queues_at_start
+
+
 class SharedFlag:
     """One byte that the worker's main process writes and the pool children
     forked after it read (an anonymous shared mapping survives fork)."""
@@ -57,19 +79,19 @@ class SharedFlag:
 
 class LocalLinks:
     def __init__(
-        self, app: Celery, queues: Collection[str], events_watched: Callable[[], bool],
+        self, app: Celery, queues: Collection[str], publish_all: Callable[[], bool],
         worker_time_limited: bool = False,
     ):
         self.app = app
         self.queues = frozenset(queues)
-        self.events_watched = events_watched
+        self.publish_all = publish_all
         self.worker_time_limited = worker_time_limited
         self._limited: dict[str, bool] = {}  # by workflow name, once per process
 
     @classmethod
-    def of_worker(cls, worker: Any, events_watched: Callable[[], bool]) -> "LocalLinks":
+    def of_worker(cls, worker: Any, publish_all: Callable[[], bool]) -> "LocalLinks":
         return cls(
-            worker.app, list(worker.app.amqp.queues.consume_from), events_watched,
+            worker.app, list(worker.app.amqp.queues.consume_from), publish_all,
             worker_time_limited=bool(worker.time_limit or worker.soft_time_limit),
         )
 
@@ -77,7 +99,7 @@ class LocalLinks:
         return (
             queue in self.queues and not self.worker_time_limited
             and not self._has_limits(name) and not self._has_limits(carrier)
-            and not self.events_watched()
+            and not self.publish_all()
         )
 
     def _has_limits(self, workflow_name: str) -> bool:

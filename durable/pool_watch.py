@@ -1,7 +1,8 @@
 """The worker's main process watches over its pool children: it notices a
 dead one within half a second, not five, and it renews the leases of the
-live ones. It also tells them, through one shared byte, whether task events
-are watched (local_links.py).
+live ones. It also tells them, through one shared byte, whether every chain
+link must be published now: task events watched, or queues added or
+cancelled at runtime (local_links.py).
 
 Leases. On a prefork pool the main process renews every lease its live
 children hold (`leases.ChildLeaseRenewer`, a thread started here), and the
@@ -44,13 +45,13 @@ from __future__ import annotations
 
 import gc
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from celery import bootsteps
 
 from .dispatch import RUN_TASK, is_durable_task
 from .leases import ChildLeaseRenewer
-from .local_links import LocalLinks, SharedFlag, task_events_on
+from .local_links import LocalLinks, SharedFlag, publish_every_link
 from .runner import Runner
 
 logger = logging.getLogger("durable.pool_watch")
@@ -120,17 +121,18 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
     def __init__(self, worker: Any, **kwargs: Any):
         self._entry: Any = None
         self._renewer: ChildLeaseRenewer | None = None
-        self._events_watched: SharedFlag | None = None
+        self._publish_all: Callable[[], bool] | None = None
+        self._publish_all_flag: SharedFlag | None = None
         runner = _runner(worker)
         if runner is None:
             return
         forks = _forks_children(worker)
         if runner.settings.local_chain_links:
-            # pool children read whether task events are on from this process; others read it themselves
-            self._events_watched = SharedFlag(bool(worker.task_events)) if forks else None
-            runner.local_links = LocalLinks.of_worker(
-                worker, self._events_watched or (lambda: task_events_on(getattr(worker, "consumer", None)))
-            )
+            queues_at_start = frozenset(worker.app.amqp.queues.consume_from)
+            self._publish_all = lambda: publish_every_link(getattr(worker, "consumer", None), queues_at_start)
+            # pool children read it from this process (one shared byte); others read it themselves
+            self._publish_all_flag = SharedFlag(bool(worker.task_events)) if forks else None
+            runner.local_links = LocalLinks.of_worker(worker, self._publish_all_flag or self._publish_all)
         if forks:
             # Celery runs a full gc.collect() before forking each child:
             # ~0.08 s of CPU each in a worker this size, most of a
@@ -159,12 +161,12 @@ class PoolWatch(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unt
         self._cancel()
         pool = _async_pool(worker)
         if pool is not None:
-            watched = self._events_watched
+            flag, publish_all = self._publish_all_flag, self._publish_all
 
             def check() -> None:
                 pool.maintain_pool()
-                if watched is not None:
-                    watched.set(task_events_on(getattr(worker, "consumer", None)))
+                if flag is not None and publish_all is not None:
+                    flag.set(publish_all())
 
             self._entry = hub.call_repeatedly(CHECK_INTERVAL_SECONDS, check)
             logger.debug("checking pool children every %s s", CHECK_INTERVAL_SECONDS)

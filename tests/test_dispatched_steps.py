@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -195,6 +197,32 @@ def test_a_chain_of_four_links_publishes_one_message_or_one_per_link_with_local_
         assert after - before == messages
     finally:
         worker.kill_all()
+
+
+def test_a_link_whose_queue_was_cancelled_at_runtime_waits_for_a_consumer(backend, client, pool):
+    """`cancel_consumer` (to drain a queue off a worker) holds for chain
+    links too: after it, the worker no longer runs that queue's links in
+    the delivery before; they are published and wait for a consumer."""
+    worker = pool("default", "celery,heavy")
+    dur = _dur(backend)
+    control = dur.celery.control
+    destination = [f"{worker.name}@{socket.gethostname()}"]
+    assert control.cancel_consumer("heavy", destination=destination, reply=True, timeout=10)
+    time.sleep(1)  # the worker's pool children learn it at its next pool watch tick (0.5 s)
+    key = "chain-cancelled"
+    stages = [
+        signature("dispatch.stage", args=("img", "a", key)),
+        signature("dispatch.stage", args=("b", key), queue="heavy"),
+        signature("dispatch.stage", args=("c", key)),
+    ]
+    handle = dur.chain(*stages).start(workflow_id=key)
+    wait_for(lambda: client.get(f"{key}-0").status is Status.SUCCESS or None, 30, "link a to end")
+    time.sleep(3)  # a worker that still ran b here would have by now
+    assert [what for what, _, _ in runs(key)] == ["a"]
+    assert client.get(f"{key}-0-1").status is Status.ENQUEUED
+    assert control.add_consumer("heavy", destination=destination, reply=True, timeout=10)
+    assert handle.result(timeout=60) == "img>a>b>c"
+    assert [what for what, _, _ in runs(key)] == ["a", "b", "c"]
 
 
 def test_sigkill_of_the_child_running_a_chain_link_run_here(backend, client, pool):
