@@ -1,6 +1,6 @@
 """The worker side of Celery: one internal task that runs a workflow
-message, and the worker hooks (lost-child report, recovery sweeper, schema
-before fork, pool watch).
+message, and the worker hooks (lost-child report, a revoke that cancels,
+recovery sweeper, schema before fork, pool watch).
 
 The task runs with acks_late and reject_on_worker_lost: it returns, and its
 message is acknowledged, only after the execution's last checkpoint
@@ -16,11 +16,13 @@ from typing import Any
 
 from celery import Celery, Task, bootsteps
 from celery.exceptions import WorkerLostError
-from celery.signals import worker_process_init
+from celery.signals import task_revoked, worker_process_init
 from celery.worker.request import Request
 
+from .client import Management
 from .db_errors import is_transient
-from .dispatch import RUN_TASK, TASK_PREFIX, process_owner
+from .dispatch import RUN_TASK, TASK_PREFIX, is_durable_task, process_owner
+from .errors import WorkflowNotFoundError
 from .fork_guard import no_fork_meanwhile
 from .inputs import Parameters, dumps_schema
 from .pool_watch import PoolWatch
@@ -54,6 +56,7 @@ def bind(app: Celery, runner: Runner) -> None:
     app.steps["worker"].add(RecoverySweeper)
     app.steps["worker"].add(PoolWatch)  # a dead pool child is noticed within 0.5 s, not 5
     worker_process_init.connect(warm_up_pool_child, weak=False, dispatch_uid="durable.warm_up_pool_child")
+    task_revoked.connect(cancel_revoked_workflow, weak=False, dispatch_uid="durable.cancel_revoked_workflow")
 
 
 def warm_up_pool_child(**kwargs: Any) -> None:
@@ -156,6 +159,36 @@ class DurableRequest(Request):  # type: ignore[misc]  # celery is untyped
             except Exception:  # noqa: BLE001 - the lease expires by itself anyway
                 logger.exception("could not record the loss of workflow %s", self.args[0])
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+def cancel_revoked_workflow(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+    """Celery's revoke of a durable message (Flower's Revoke, `celery
+    control revoke`, with or without terminate) cancels its workflow and its
+    active children, as `durable workflows cancel` does. Revoking only
+    discards that message: the workflow would stay pending, the sweeper
+    would publish it again, and it would run anyway. Runs in the worker's
+    main process, which discards the message or kills the child running it."""
+    args = getattr(request, "args", None)
+    if expired or sender is None or not is_durable_task(getattr(sender, "name", None)) or not args:
+        return
+    if RUN_TASK not in sender.app.tasks:  # a message of a durable name, on an app durable is not bound to
+        return
+    runner = _runner_of(sender.app)
+    workflow_id = str(args[0])
+    try:
+        with no_fork_meanwhile():
+            cancelled = Management(
+                runner.store, runner.collaborators.dispatcher, runner.settings, runner.clock
+            ).cancel(workflow_id)
+    except WorkflowNotFoundError:  # deleted since (retention): nothing to cancel
+        return
+    except Exception:  # noqa: BLE001 - the workflow runs as if its message had been lost
+        logger.exception("could not cancel workflow %s, whose message %s was revoked", workflow_id,
+                         getattr(request, "id", "?"))
+        return
+    if cancelled:
+        logger.info("message %s revoked: workflow %s cancelled (with %d active descendant(s))",
+                    getattr(request, "id", "?"), workflow_id, len(cancelled) - 1)
 
 
 class RecoverySweeper(bootsteps.StartStopStep):  # type: ignore[misc]
