@@ -21,13 +21,15 @@ existing task's rate and time limits, so Celery applies them as it would.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from typing import Any, Callable, Mapping, Protocol
 
 from celery import Celery
+from celery.exceptions import Retry
 
 from .client import Management, WorkflowHandle
-from .context import current_execution, in_workflow_code
+from .context import current_execution, current_step, in_workflow_code
 from .dispatch import STEP_PREFIX, TASK_PREFIX
 from .errors import NotInWorkflowError
 from .retry import RetryPolicy
@@ -176,8 +178,40 @@ class TaskStep:
 
     @property
     def fn(self) -> Callable[..., Any]:
-        task: Callable[..., Any] = self.task  # Task.__call__ sets up the task's request context
-        return task
+        return self._run_as_a_retrying_worker_would
+
+    def _run_as_a_retrying_worker_would(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task (its own `__call__`, which pushes its request) on a
+        request like the one Celery's eager runs give: `self.retry()`, and
+        `autoretry_for`, raise Celery's `Retry` with its countdown instead
+        of sending a retry message of their own (`retry_after` turns it
+        into the step's next attempt), and check the task's `max_retries`
+        against `self.request.retries`, the attempts before this one. The
+        request's ID is the step's workflow ID, the same for every attempt,
+        as a Celery task's is across its retries."""
+        step = current_step()
+        execution = current_execution()
+        self.task.push_request(
+            id=execution.workflow_id if execution is not None else None,
+            retries=step.attempt if step is not None else 0,
+            is_eager=True, called_directly=False,
+        )
+        try:
+            return self.task(*args, **kwargs)  # Task.__call__ keeps what the request above set
+        finally:
+            self.task.pop_request()
+
+    @staticmethod
+    def retry_after(exc: BaseException) -> float | None:
+        """Seconds to the next attempt when the task asked Celery for a
+        retry (`Retry`: its countdown, or its eta from now), else None."""
+        if not isinstance(exc, Retry):
+            return None
+        when = exc.when
+        if isinstance(when, dt.datetime):  # a naive eta is UTC, as Celery takes it by default
+            aware = when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
+            return max(0.0, (aware - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        return max(0.0, float(when or 0))
 
     def spawn(self, *args: Any, **kwargs: Any) -> WorkflowHandle:
         return self.dispatched.spawn(args, kwargs)

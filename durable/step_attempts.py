@@ -72,9 +72,15 @@ def run_step(
                 _report_to_breaker(execution, breaker, probe_token, succeeded=False)
             attempts += 1
             errors.append(_attempt_error(execution, exc, attempts))
-            if isinstance(exc, SerializationError) or not policy.should_retry(exc, attempts):
+            # the step's own say first: an existing Celery task's self.retry() (dispatched_steps.py)
+            asked_retry = getattr(step, "retry_after", None)
+            asked_delay = asked_retry(exc) if asked_retry is not None else None
+            if asked_delay is None and (
+                isinstance(exc, SerializationError) or not policy.should_retry(exc, attempts)
+            ):
                 return _fail_step(execution, position, policy, exc, attempts, errors, started_ms)
-            next_at = execution.clock.now_ms() + int(policy.delay_seconds(attempts) * 1000)
+            delay = asked_delay if asked_delay is not None else policy.delay_seconds(attempts)
+            next_at = execution.clock.now_ms() + int(delay * 1000)
             if isinstance(exc, CircuitOpenError) and exc.open_until_ms:
                 next_at = max(next_at, exc.open_until_ms)  # wait for the reset: a timer if long
             existing = execution.record(execution.outcome(

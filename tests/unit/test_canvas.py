@@ -263,3 +263,20 @@ def test_a_crash_in_a_link_run_here_is_recovered_from_its_row(cluster: Cluster, 
     assert tasks["calls"] == ["resize c", "notify done"]
     link = cluster.status("crash-0-1")
     assert link.recovery_attempts == 1
+
+
+def test_a_chain_task_that_calls_self_retry_is_retried_as_celery_would(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    app: Celery = cluster.dur.celery
+    attempts: list[int] = []
+
+    @app.task(name="img.flaky_store", bind=True, max_retries=5, shared=False)
+    def flaky_store(self: Any, path: str) -> str:
+        attempts.append(self.request.retries)
+        if len(attempts) < 3:
+            raise self.retry(countdown=0.01)
+        return f"stored {path}"
+
+    handle = cluster.dur.chain(tasks["resize"].s("r", 8), flaky_store.s()).start()
+    cluster.drive()
+    assert handle.result(timeout=0) == "stored r@8"
+    assert attempts == [0, 1, 2]

@@ -4,6 +4,8 @@ step count against the step."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from celery import Celery
 
@@ -220,3 +222,61 @@ def test_a_higher_priority_goes_first_on_either_broker() -> None:
     assert broker_priority("redis://localhost:6379/0", 9) == 0  # kombu's Redis: the lowest first
     assert broker_priority("redis://localhost:6379/0", 0) == 9
     assert broker_priority("filesystem://", 5) == 5
+
+
+def test_an_existing_task_retries_as_celery_would_with_self_retry(cluster: Cluster) -> None:
+    """`self.retry()` in an existing task run as a step waits its countdown
+    and runs the task again (no retry message of Celery's own): the
+    task's `max_retries`, and `self.request.retries` and `.id`, as in Celery."""
+    dur = cluster.dur
+    celery_app: Celery = dur.celery
+    seen: list[tuple[int, str]] = []
+
+    @celery_app.task(name="pay.charge", bind=True, max_retries=3, shared=False)
+    def charge(self: Any, amount: int) -> str:
+        seen.append((self.request.retries, self.request.id))
+        if len(seen) < 3:
+            raise self.retry(exc=ConnectionError("gateway down"), countdown=0.01)
+        return f"charged {amount}"
+
+    charge_step = dur.task_step(charge)  # no retry options: the task's own
+
+    @dur.workflow(name="checkout")
+    def checkout() -> str:
+        return charge_step(10)
+
+    handle = checkout.start()
+    cluster.drive()
+    assert handle.result(timeout=0) == "charged 10"
+    step_id = f"{handle.workflow_id}-0"
+    assert seen == [(0, step_id), (1, step_id), (2, step_id)]
+    [step] = cluster.steps(step_id)
+    assert (step.status.value, step.attempts) == ("SUCCESS", 3)
+    assert all("gateway down" in e["message"] for e in step.attempt_errors or [])
+    assert cluster.dispatcher.queues.count((step_id, "celery")) == 1  # retried where it ran, not re-sent
+
+
+def test_an_existing_task_with_autoretry_for_gives_up_after_its_max_retries(cluster: Cluster) -> None:
+    dur = cluster.dur
+    celery_app: Celery = dur.celery
+    runs: list[int] = []
+
+    @celery_app.task(name="net.fetch", bind=True, autoretry_for=(ConnectionError,), max_retries=2,
+                     default_retry_delay=0.01, retry_jitter=False, shared=False)
+    def fetch(self: Any, url: str) -> str:
+        runs.append(self.request.retries)
+        raise ConnectionError(f"{url} unreachable")
+
+    fetch_step = dur.task_step(fetch)
+
+    @dur.workflow(name="crawl")
+    def crawl() -> str:
+        try:
+            return fetch_step("http://example.invalid")
+        except ConnectionError as exc:
+            return f"gave up: {exc}"
+
+    handle = crawl.start()
+    cluster.drive()
+    assert handle.result(timeout=0) == "gave up: http://example.invalid unreachable"
+    assert runs == [0, 1, 2]  # the first run and max_retries=2 retries
