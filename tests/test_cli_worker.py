@@ -81,3 +81,17 @@ def test_celerys_worker_command_is_loaded_without_pygments_which_stays_importabl
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_demo_kills_a_worker_mid_workflow_and_the_next_one_skips_completed_steps(tmp_path: Path) -> None:
+    """README's first command (`./scripts/demo` runs `durable demo`), on the
+    embedded default with nothing configured: it exits 0 only when the
+    steps checkpointed before the kill did not run again."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DURABLE_")}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([str(DURABLE_BIN), "demo"], env=env, cwd=str(tmp_path),
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "status SUCCESS, recovery_attempts 1" in done.stdout
+    assert "completed steps were skipped on replay: yes" in done.stdout
+    assert (tmp_path / ".durable").is_dir()  # under the directory it runs in
