@@ -127,6 +127,16 @@ def gil_stage(value: str, label: str, key: str, seconds: float) -> str:
     return f"{value}>{label}"
 
 
+@celery_app.task(name="dispatch.retrying_stage", bind=True, max_retries=2)
+def retrying_stage(self, value: str, label: str, key: str) -> str:
+    """A stage whose first run asks Celery for a retry, as a task whose
+    service is briefly down does."""
+    note(key, f"{label}:{self.request.retries}")
+    if self.request.retries == 0:
+        raise self.retry(exc=ConnectionError("briefly down"), countdown=0.5)
+    return f"{value}>{label}"
+
+
 stage_step = dur.task_step(stage, retries=1)
 
 

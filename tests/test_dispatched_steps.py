@@ -225,6 +225,24 @@ def test_a_link_whose_queue_was_cancelled_at_runtime_waits_for_a_consumer(backen
     assert [what for what, _, _ in runs(key)] == ["a", "b", "c"]
 
 
+def test_a_chain_task_that_calls_self_retry_runs_again_after_its_countdown(backend, client, pool):
+    """`self.retry(countdown=...)` in a plain Celery task of a durable chain:
+    the task runs again where it ran, and the chain goes on (Celery's own
+    retry message is not sent: the retry is the step's next attempt)."""
+    pool("default", "celery")
+    key = "chain-retry"
+    stages = [
+        signature("dispatch.stage", args=("img", "a", key)),
+        signature("dispatch.retrying_stage", args=("b", key)),
+        signature("dispatch.stage", args=("c", key)),
+    ]
+    handle = _dur(backend).chain(*stages).start(workflow_id=key)
+    assert handle.result(timeout=60) == "img>a>b>c"
+    assert [what for what, _, _ in runs(key)] == ["a", "b:0", "b:1", "c"]
+    [step] = client.list_steps(f"{key}-0-1")
+    assert step.status.value == "SUCCESS" and step.attempts == 2
+
+
 def test_sigkill_of_the_child_running_a_chain_link_run_here(backend, client, pool):
     """The link that followed in the same delivery has no message of its
     own: its row is expired at the child's death and published again."""
