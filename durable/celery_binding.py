@@ -161,13 +161,17 @@ class DurableRequest(Request):  # type: ignore[misc]  # celery is untyped
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
-def cancel_revoked_workflow(sender: Any = None, request: Any = None, expired: bool = False, **_: Any) -> None:
+def cancel_revoked_workflow(
+    sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False, **_: Any
+) -> None:
     """Celery's revoke of a durable message (Flower's Revoke, `celery
     control revoke`, with or without terminate) cancels its workflow and its
     active children, as `durable workflows cancel` does. Revoking only
     discards that message: the workflow would stay pending, the sweeper
     would publish it again, and it would run anyway. Runs in the worker's
-    main process, which discards the message or kills the child running it."""
+    main process, which discards the message or kills the child running it.
+    A terminated delivery that had gone on to the next links of its chain
+    (local_links.py) cancels those: as in Celery, the chain stops there."""
     args = getattr(request, "args", None)
     if expired or sender is None or not is_durable_task(getattr(sender, "name", None)) or not args:
         return
@@ -177,9 +181,11 @@ def cancel_revoked_workflow(sender: Any = None, request: Any = None, expired: bo
     workflow_id = str(args[0])
     try:
         with no_fork_meanwhile():
-            cancelled = Management(
-                runner.store, runner.collaborators.dispatcher, runner.settings, runner.clock
-            ).cancel(workflow_id)
+            management = Management(runner.store, runner.collaborators.dispatcher, runner.settings, runner.clock)
+            cancelled = management.cancel(workflow_id)
+            if not cancelled and terminated:
+                for link in runner.store.active_links_after(workflow_id):
+                    cancelled += management.cancel(link)
     except WorkflowNotFoundError:  # deleted since (retention): nothing to cancel
         return
     except Exception:  # noqa: BLE001 - the workflow runs as if its message had been lost
@@ -187,8 +193,8 @@ def cancel_revoked_workflow(sender: Any = None, request: Any = None, expired: bo
                          getattr(request, "id", "?"))
         return
     if cancelled:
-        logger.info("message %s revoked: workflow %s cancelled (with %d active descendant(s))",
-                    getattr(request, "id", "?"), workflow_id, len(cancelled) - 1)
+        logger.info("message %s of workflow %s revoked: cancelled %s",
+                    getattr(request, "id", "?"), workflow_id, ", ".join(cancelled))
 
 
 class RecoverySweeper(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from durable import Durable, Status
+from durable.errors import AwaitedWorkflowCancelledError
 from tests.harness import wait_for
 from tests.workflows import effects
 
@@ -64,3 +65,34 @@ def test_a_revoked_message_cancels_its_workflow_running_or_waiting(backend, clie
     for handle in (running, waiting):
         status = client.get(handle.workflow_id)
         assert status.status is Status.CANCELLED and status.recovery_attempts == 0, status
+
+
+def test_revoking_a_running_chain_task_stops_the_chain_where_it_is(backend, client, start_worker):
+    """Celery's semantics: a chain whose running task is revoked (with
+    terminate) runs nothing after it. The worker ran the link that follows
+    in the same delivery (no message of its own), so the revoke names the
+    message of the link before; the running link is cancelled, not
+    recovered, and the last one never runs."""
+    from celery import signature
+
+    from tests.dispatch_workflows import runs
+
+    start_worker(concurrency=1, DURABLE_TEST_POOL="default")
+    dur = Durable(settings=backend.settings())
+    key = "chain-revoked"
+    handle = dur.chain(
+        signature("dispatch.stage", args=("img", "a", key)),
+        signature("dispatch.stage", args=("b", key, 30.0)),
+        signature("dispatch.stage", args=("c", key)),
+    ).start(workflow_id=key)
+    wait_for(lambda: [what for what, _, _ in runs(key)] == ["a", "b"] or None, 30, "b to start")
+    [carrier] = wait_for(lambda: _task_ids(dur.celery.control.inspect(timeout=2).active(), f"{key}-0") or None,
+                         30, "a's message, still running b, in inspect().active()")
+    dur.celery.control.revoke(carrier, terminate=True)
+
+    wait_for(lambda: client.get(f"{key}-0-1").status is Status.CANCELLED or None, 30, "b cancelled")
+    with pytest.raises(AwaitedWorkflowCancelledError):  # the chain ends with its cancelled link's error
+        handle.result(timeout=30)
+    time.sleep(4)  # past the lease and the sweeper's redelivery time: b is not run again, c never
+    assert [what for what, _, _ in runs(key)] == ["a", "b"]
+    assert client.get(f"{key}-0").status is Status.SUCCESS  # a had ended before the revoke

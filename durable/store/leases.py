@@ -9,7 +9,7 @@ from typing import Any, Collection
 
 from sqlalchemy import and_, select, update
 
-from ..records import Status
+from ..records import ACTIVE_STATUSES, Status
 from ..schema import steps, workflows
 from .base import S, StoreBase, W
 
@@ -73,6 +73,16 @@ class LeaseSql(StoreBase):
                 .values(lease_expires_at_ms=until_ms)
             ).rowcount
         return renewed
+
+    def active_links_after(self, workflow_id: str) -> list[str]:
+        """The unfinished links of the static chain this link belongs to:
+        the one a pool child runs now in this link's delivery, if any."""
+        with self.db.begin() as conn:
+            return list(conn.execute(
+                select(W.workflow_id).where(
+                    _links_after([workflow_id]), W.workflow_id != workflow_id, W.status.in_(ACTIVE_STATUSES)
+                )
+            ).scalars())
 
     def live_leases_of_host(self, host: str, now_ms: int) -> list[dict[str, Any]]:
         """Unexpired leases held by processes of `host` (owners "host:pid")."""
