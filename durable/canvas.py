@@ -30,9 +30,9 @@ inserts it: no broker hop and one commit (runner.py, local_links.py).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
-
+import dataclasses
 import json
+from typing import Any, Callable, Protocol
 
 from celery import Celery
 from celery.canvas import Signature, maybe_signature
@@ -51,6 +51,9 @@ CANVAS_WORKFLOW = "durable.canvas"
 
 # Signature options that durable keeps: where the task runs, and before what.
 KEPT_OPTIONS = ("queue", "priority")
+
+# What `start()` takes (Celery's names for some are mapped in `Canvas.apply_async`).
+START_OPTIONS = frozenset(field.name for field in dataclasses.fields(StartOptions))
 
 # Start options with which a static chain's canvas is written already
 # waiting on its first task; any other (a queue, which may be limited, a
@@ -134,6 +137,37 @@ class Canvas:
                 return self.start_waiting(self.host, self.celery, StartOptions(**options))
         handle: WorkflowHandle = self.workflow.options(**options).start(self.spec, [])
         return handle
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> WorkflowHandle:
+        """`start()` under Celery's name, so a canvas's calls stay as they
+        were once `chain(` is `dur.chain(`: `task_id` is the workflow ID,
+        `countdown` its `delay` and `eta` its `start_at`; `queue`,
+        `priority` and durable's own start options pass through. Arguments
+        for the first task, and options durable does not run (`link`,
+        `link_error`, `expires`, ...), are refused before anything is written."""
+        if args or kwargs:
+            raise TypeError(
+                "a durable canvas's apply_async() takes no arguments: give them to the first signature"
+            )
+        celery_names = {"task_id": task_id, "countdown": options.pop("countdown", None),
+                        "eta": options.pop("eta", None)}
+        unknown = sorted(set(options) - START_OPTIONS)
+        if unknown:
+            raise TypeError(
+                f"apply_async() of a durable canvas got options durable does not run: {unknown} "
+                f"(it takes task_id, countdown, eta and {sorted(START_OPTIONS)})"
+            )
+        for durable_name, value in (("workflow_id", celery_names["task_id"]), ("delay", celery_names["countdown"]),
+                                    ("start_at", celery_names["eta"])):
+            if value is not None:
+                options[durable_name] = value
+        return self.start(**options)
+
+    def delay(self) -> WorkflowHandle:
+        """`apply_async()` with no options, as Celery's `delay()` of a canvas."""
+        return self.apply_async()
 
     def start_waiting(self, host: Management, celery_app: Celery, opts: StartOptions) -> WorkflowHandle:
         """A static chain: the canvas row, as its workflow's first execution

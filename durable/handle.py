@@ -25,6 +25,16 @@ SAFETY_POLL_FIRST_SECONDS = 0.5
 SAFETY_POLL_MAX_SECONDS = 5.0
 
 
+CELERY_STATES = {
+    Status.ENQUEUED: "PENDING",
+    Status.PENDING: "STARTED",
+    Status.SUCCESS: "SUCCESS",
+    Status.ERROR: "FAILURE",
+    Status.MAX_RECOVERY_ATTEMPTS_EXCEEDED: "FAILURE",
+    Status.CANCELLED: "REVOKED",
+}
+
+
 class Workflows(Protocol):
     """What a handle reads through (client.Management is one)."""
 
@@ -48,8 +58,42 @@ class WorkflowHandle:
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r})"
 
-    def status(self) -> WorkflowStatus:
-        return self._management.get(self.workflow_id)
+    def status(self, with_payloads: bool = True) -> WorkflowStatus:
+        return self._management.get(self.workflow_id, with_payloads=with_payloads)
+
+    # Celery's AsyncResult names, so code that waits on a Celery result keeps
+    # working on a durable one (a canvas's `apply_async()` returns a handle).
+
+    @property
+    def id(self) -> str:
+        return self.workflow_id
+
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.2) -> Any:
+        """`result()`; with `propagate=False` the workflow's error is
+        returned instead of raised (a timeout is still raised)."""
+        try:
+            return self.result(timeout=timeout, poll_interval_seconds=interval)
+        except TimeoutError:
+            raise
+        except Exception as exc:
+            if propagate:
+                raise
+            return exc
+
+    @property
+    def state(self) -> str:
+        """The status as Celery names task states: PENDING (enqueued),
+        STARTED, SUCCESS, FAILURE (an error, or quarantined), REVOKED (cancelled)."""
+        return CELERY_STATES[self.status(with_payloads=False).status]
+
+    def ready(self) -> bool:
+        return self.status(with_payloads=False).status.is_terminal
+
+    def successful(self) -> bool:
+        return self.status(with_payloads=False).status is Status.SUCCESS
+
+    def failed(self) -> bool:
+        return CELERY_STATES[self.status(with_payloads=False).status] == "FAILURE"
 
     def result(self, timeout: float | None = None, poll_interval_seconds: float = 0.2) -> Any:
         """The workflow's output, or its error raised; TimeoutError when it is

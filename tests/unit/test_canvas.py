@@ -280,3 +280,45 @@ def test_a_chain_task_that_calls_self_retry_is_retried_as_celery_would(cluster: 
     cluster.drive()
     assert handle.result(timeout=0) == "stored r@8"
     assert attempts == [0, 1, 2]
+
+
+def test_a_durable_canvas_is_started_and_awaited_with_celerys_names(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    """Code written against a Celery chain keeps its calls once `chain(` is
+    `dur.chain(`: `apply_async(task_id=..., countdown=...)` or `delay()`
+    start it, and the handle answers `get()`, `id`, `state`, `ready()`."""
+    dur = cluster.dur
+    handle = dur.chain(tasks["resize"].s("p", 2), tasks["notify"].si("ok")).apply_async(task_id="celery-style")
+    assert handle.id == "celery-style" and not handle.ready()
+    assert handle.state == "STARTED"  # the canvas waits on its first task (enqueued alone: PENDING)
+    cluster.drive()
+    assert handle.get(timeout=0) == "OK"
+    assert handle.state == "SUCCESS" and handle.ready() and handle.successful() and not handle.failed()
+
+    delayed = dur.chain(tasks["notify"].si("later")).apply_async(countdown=30)
+    assert cluster.drive() == [] and delayed.state == "PENDING"  # a database timer, not yet due
+    cluster.clock.advance(31)
+    cluster.sweep()
+    cluster.drive()
+    assert delayed.get(timeout=0) == "LATER"
+    assert dur.chain(tasks["notify"].si("d")).delay().id  # started, with a new ID
+
+    @cluster.dur.celery.task(name="img.broken", shared=False)
+    def broken() -> None:
+        raise ValueError("no image")
+
+    failing = dur.chain(broken.si()).apply_async()
+    cluster.drive()
+    assert failing.state == "FAILURE" and failing.failed() and failing.ready()
+    error = failing.get(timeout=0, propagate=False)
+    assert isinstance(error, ValueError) and "no image" in str(error)
+    with pytest.raises(ValueError, match="no image"):
+        failing.get(timeout=0)
+
+
+def test_celery_options_durable_does_not_run_are_refused_at_apply_async(cluster: Cluster, tasks: dict[str, Any]) -> None:
+    canvas = cluster.dur.chain(tasks["notify"].si("x"))
+    with pytest.raises(TypeError, match="first signature"):
+        canvas.apply_async(args=("extra",))
+    with pytest.raises(TypeError, match="link_error"):
+        canvas.apply_async(link_error=tasks["notify"].si("failed"))
+    assert cluster.dur.list_workflows() == []  # nothing written
