@@ -31,19 +31,24 @@ inserts it: no broker hop and one commit (runner.py, local_links.py).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import logging
 from typing import Any, Callable, Protocol
 
 from celery import Celery
+from celery.app.task import Context
 from celery.canvas import Signature, maybe_signature
+from celery.utils.functional import arity_greater
 
 from . import serialization as ser
 from . import tracing
 from .client import Management, WorkflowHandle
 from .context import gather, in_workflow_code
 from .dispatched_steps import Dispatched, task_workflow_name
-from .errors import NotInWorkflowError
+from .errors import AwaitedWorkflowCancelledError, NotInWorkflowError
 from .records import Status, StepStatus
+from .retry import RetryPolicy
 from .starting import StartOptions, derived_child_id, new_workflow_row
 from .store import Claim
 
@@ -53,6 +58,8 @@ CANVAS_WORKFLOW = "durable.canvas"
 KEPT_OPTIONS = ("queue", "priority")
 
 # What `start()` takes (Celery's names for some are mapped in `Canvas.apply_async`).
+logger = logging.getLogger("durable.canvas")
+
 START_OPTIONS = frozenset(field.name for field in dataclasses.fields(StartOptions))
 
 # Start options with which a static chain's canvas is written already
@@ -69,32 +76,37 @@ class CanvasWorkflow(Protocol):
     def start(self, *args: Any, **kwargs: Any) -> WorkflowHandle: ...
 
 
-def describe(signature: Any, app: Celery | None = None) -> dict[str, Any]:
+def describe(signature: Any, app: Celery | None = None, errbacks: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
     """A Celery signature or canvas as plain JSON data; a clear error for
-    anything durable cannot run."""
+    anything durable cannot run. `errbacks`: the `link_error` signatures
+    of the chains around it, which Celery applies to each of their tasks."""
     sig = maybe_signature(signature, app=app)
     if not isinstance(sig, Signature):
         raise TypeError(f"expected a Celery signature (task.s(...)) or canvas, got {signature!r}")
     kind = sig.get("subtask_type")
+    errbacks = (*errbacks, *(describe_errback(e, app) for e in sig.options.get("link_error") or ()))
     if kind == "chain":
-        return {"kind": "chain", "tasks": [describe(t, app) for t in sig.tasks]}
-    if kind == "group":
-        return {"kind": "group", "tasks": [describe(t, app) for t in sig.tasks]}
-    if kind == "chord":
-        return {
-            "kind": "chord",
-            "header": [describe(t, app) for t in sig.tasks],
-            "body": describe(sig.body, app),
-        }
+        return {"kind": "chain", "tasks": [describe(t, app, errbacks) for t in sig.tasks]}
+    if kind in ("group", "chord"):
+        members = [describe(t, app) for t in sig.tasks]
+        body = [describe(sig.body, app)] if kind == "chord" else []
+        if errbacks or any(has_errbacks(m) for m in members + body):
+            raise ValueError(
+                f"link_error in a {kind}: durable runs error callbacks of the tasks of a chain, "
+                "or of a task alone (catch the error in a workflow for the rest)"
+            )
+        if kind == "group":
+            return {"kind": "group", "tasks": members}
+        return {"kind": "chord", "header": members, "body": body[0]}
     if kind is not None:
         raise ValueError(f"durable canvases support chain, group and chord; not {kind!r}")
-    unsupported = sorted(k for k in ("link", "link_error", "countdown", "eta") if sig.options.get(k))
+    unsupported = sorted(k for k in ("link", "countdown", "eta") if sig.options.get(k))
     if unsupported:
         raise ValueError(
             f"signature of {sig.task!r} has options durable does not run: {unsupported} "
             "(use a chain for what follows, and durable.sleep or a schedule for delays)"
         )
-    return {
+    spec = {
         "kind": "task",
         "task": sig.task,
         "args": list(sig.args),
@@ -102,6 +114,25 @@ def describe(signature: Any, app: Celery | None = None) -> dict[str, Any]:
         "options": {k: sig.options[k] for k in KEPT_OPTIONS if sig.options.get(k) is not None},
         "immutable": bool(sig.immutable),
     }
+    if errbacks:
+        spec["errbacks"] = list(errbacks)
+    return spec
+
+
+def describe_errback(errback: Any, app: Celery | None) -> dict[str, Any]:
+    """An error callback: a plain task signature, run when the task it is
+    linked to fails (`run_errbacks`)."""
+    spec = describe(errback, app)
+    if spec["kind"] != "task" or "errbacks" in spec:
+        raise ValueError(f"an error callback must be a plain task signature, got {errback!r}")
+    return spec
+
+
+def has_errbacks(spec: dict[str, Any]) -> bool:
+    if spec["kind"] == "task":
+        return bool(spec.get("errbacks"))
+    members = spec.get("tasks", []) + spec.get("header", []) + ([spec["body"]] if "body" in spec else [])
+    return any(has_errbacks(m) for m in members)
 
 
 def signatures(items: Any, app: Celery | None = None) -> list[Signature]:
@@ -143,16 +174,17 @@ class Canvas:
     ) -> WorkflowHandle:
         """`start()` under Celery's name, so a canvas's calls stay as they
         were once `chain(` is `dur.chain(`: `task_id` is the workflow ID,
-        `countdown` its `delay` and `eta` its `start_at`; `queue`,
-        `priority` and durable's own start options pass through. Arguments
-        for the first task, and options durable does not run (`link`,
-        `link_error`, `expires`, ...), are refused before anything is written."""
+        `countdown` its `delay` and `eta` its `start_at`, `link_error` its
+        `on_error`; `queue`, `priority` and durable's own start options pass
+        through. Arguments for the first task, and options durable does not
+        run (`link`, `expires`, ...), are refused before anything is written."""
         if args or kwargs:
             raise TypeError(
                 "a durable canvas's apply_async() takes no arguments: give them to the first signature"
             )
         celery_names = {"task_id": task_id, "countdown": options.pop("countdown", None),
                         "eta": options.pop("eta", None)}
+        errbacks = options.pop("link_error", None)
         unknown = sorted(set(options) - START_OPTIONS)
         if unknown:
             raise TypeError(
@@ -163,11 +195,30 @@ class Canvas:
                                     ("start_at", celery_names["eta"])):
             if value is not None:
                 options[durable_name] = value
+        for errback in ([] if errbacks is None else errbacks if isinstance(errbacks, (list, tuple)) else [errbacks]):
+            self.on_error(errback)
         return self.start(**options)
 
     def delay(self) -> WorkflowHandle:
         """`apply_async()` with no options, as Celery's `delay()` of a canvas."""
         return self.apply_async()
+
+    def on_error(self, errback: Any) -> "Canvas":
+        """Celery's `chain(...).on_error(errback)`: `errback` runs when any
+        task of the chain fails (`run_errbacks`); returns this canvas."""
+        described = describe_errback(errback, self.celery)
+
+        def linked(spec: dict[str, Any]) -> dict[str, Any]:
+            if spec["kind"] == "task":
+                return {**spec, "errbacks": [*spec.get("errbacks", []), described]}
+            if spec["kind"] == "chain":
+                return {**spec, "tasks": [linked(t) for t in spec["tasks"]]}
+            raise ValueError(f"on_error of a {spec['kind']}: durable runs error callbacks of the tasks of a chain")
+
+        self.spec = linked(self.spec)
+        return self
+
+    link_error = on_error
 
     def start_waiting(self, host: Management, celery_app: Celery, opts: StartOptions) -> WorkflowHandle:
         """A static chain: the canvas row, as its workflow's first execution
@@ -228,7 +279,12 @@ class CanvasRunner:
         if kind == "chord":
             results = gather(*[self.spawn(member, carry) for member in spec["header"]])
             return self.run(spec["body"], [results])
-        return self.spawn(spec, carry).result()
+        handle = self.spawn(spec, carry)
+        try:
+            return handle.result()
+        except Exception as exc:
+            self.run_errbacks(spec, {"id": handle.workflow_id, "args": list(arguments(spec, carry))}, exc)
+            raise
 
     def run_static_chain(self, tasks: list[dict[str, Any]], carry: list[Any]) -> Any:
         execution = in_workflow_code()
@@ -238,7 +294,46 @@ class CanvasRunner:
         continuation = json.dumps({"index": 1, "rest": tasks[1:]})
         first = self.spawn(tasks[0], carry, continuation).workflow_id
         links = [first] + [derived_child_id(first, index) for index in range(1, len(tasks))]
-        return execution.await_sequence(links)
+        try:
+            return execution.await_sequence(links)
+        except Exception as exc:
+            if any(t.get("errbacks") for t in tasks):
+                failed = execution.record_value("durable.chain.failed_link", lambda: self._first_failed(links))
+                self.run_errbacks(tasks[links.index(failed["id"])], failed, exc)
+            raise
+
+    def _first_failed(self, links: list[str]) -> dict[str, Any]:
+        """The link whose error ended the chain: its ID and the arguments it ran with."""
+        outcomes = self.host.store.outcomes(links)
+        link = next(link for link in links if outcomes.get(link, {}).get("status") != Status.SUCCESS.value)
+        row = self.host.store.workflow_row(link) or {}
+        args = ser.loads_inputs(row["inputs"])[0] if row.get("inputs") else []
+        return {"id": link, "args": args}
+
+    def run_errbacks(self, spec: dict[str, Any], failed: dict[str, Any], exc: Exception) -> None:
+        """Celery's error callbacks of a failed task, each a step of this
+        workflow, in order; the canvas then ends with the task's error, as
+        in Celery. `failed`: the failed task's ID (its step's workflow ID)
+        and the arguments it ran with. An errback whose task takes (request, exc, traceback)
+        is called so, inside this workflow; one that takes a task ID runs
+        as a task on its queue, given the failed task's ID (its step's
+        workflow ID). As in Celery, a failing errback leaves the task's
+        error as the outcome."""
+        if isinstance(exc, AwaitedWorkflowCancelledError):
+            return  # a revoked task calls no errback in Celery either
+        execution = in_workflow_code()
+        failed_id = failed["id"]
+        for errback in spec.get("errbacks", []):
+            task = self.celery.tasks.get(errback["task"])
+            try:
+                if execution is not None and task is not None and takes_request(task):
+                    request = Context(id=failed_id, task=spec["task"], args=failed["args"], kwargs=dict(spec["kwargs"]))
+                    execution.run_step(ErrbackStep(task), arguments(errback, [request, exc, None]),
+                                       dict(errback["kwargs"]))
+                else:
+                    self.spawn(errback, [failed_id]).result()
+            except Exception:  # noqa: BLE001 - logged, as Celery logs a failed errback
+                logger.exception("error callback %s of %s failed", errback["task"], failed_id)
 
     def spawn(self, spec: dict[str, Any], carry: list[Any], continuation: str | None = None) -> WorkflowHandle:
         if spec["kind"] != "task":
@@ -246,6 +341,24 @@ class CanvasRunner:
         return task_of(self.host, self.celery, spec).spawn(
             arguments(spec, carry), dict(spec["kwargs"]), spec["options"], continuation
         )
+
+
+def takes_request(task: Any) -> bool:
+    """Whether Celery calls this errback with (request, exc, traceback)
+    rather than publishing it with the failed task's ID: Celery's own test."""
+    header = getattr(task, "__header__", None)
+    return header is not None and not isinstance(header, functools.partial) and arity_greater(header, 1)
+
+
+class ErrbackStep:
+    """An errback called with the failed task's request, as a step of the
+    canvas workflow: recorded once, no retries."""
+
+    def __init__(self, task: Any):
+        self.name = f"errback:{task.name}"
+        self.policy = RetryPolicy()
+        self.fn: Callable[..., Any] = task
+        self.isolation: str | None = None
 
 
 class ChainContinuations:

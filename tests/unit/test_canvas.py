@@ -319,6 +319,106 @@ def test_celery_options_durable_does_not_run_are_refused_at_apply_async(cluster:
     canvas = cluster.dur.chain(tasks["notify"].si("x"))
     with pytest.raises(TypeError, match="first signature"):
         canvas.apply_async(args=("extra",))
-    with pytest.raises(TypeError, match="link_error"):
-        canvas.apply_async(link_error=tasks["notify"].si("failed"))
+    with pytest.raises(TypeError, match="expires"):
+        canvas.apply_async(expires=60)
+    with pytest.raises(ValueError, match="link"):
+        cluster.dur.chain(tasks["notify"].si("x").set(link=tasks["notify"].si("next")))
     assert cluster.dur.list_workflows() == []  # nothing written
+
+
+@pytest.fixture
+def errbacks(cluster: Cluster, tasks: dict[str, Any]) -> dict[str, Any]:
+    """A task that fails, and errbacks in Celery's two conventions."""
+    app: Celery = cluster.dur.celery
+    called: list[tuple[str, Any]] = []
+
+    @app.task(name="img.corrupt", shared=False)
+    def corrupt(path: str) -> str:
+        raise ValueError(f"{path} is corrupt")
+
+    @app.task(name="img.report_id", shared=False)
+    def report_id(task_id: str, *, label: str = "") -> None:  # old style: one positional, the failed task's ID
+        called.append(("id", (task_id, label)))
+
+    @app.task(name="img.report_request", shared=False)
+    def report_request(request: Any, exc: BaseException, traceback: Any) -> None:  # new style
+        called.append(("request", (request.id, request.task, list(request.args), repr(exc))))
+
+    return {"corrupt": corrupt, "report_id": report_id, "report_request": report_request, "called": called}
+
+
+def test_a_failed_chain_task_calls_its_error_callbacks_as_celery_does(
+    cluster: Cluster, tasks: dict[str, Any], errbacks: dict[str, Any]
+) -> None:
+    """`link_error` / `on_error`: a chain's errback is called for the task
+    that failed, in either of Celery's conventions, once, and the chain
+    still ends with the task's error; a chain that succeeds calls none."""
+    from celery import chain as celery_chain
+
+    dur = cluster.dur
+    ok = dur.chain(tasks["resize"].s("fine", 1), tasks["notify"].si("x")).on_error(errbacks["report_id"].s())
+    handle = ok.start(workflow_id="fine")
+    cluster.drive()
+    assert handle.result(timeout=0) == "X" and errbacks["called"] == []
+
+    celery_style = celery_chain(
+        tasks["resize"].s("bad", 2), errbacks["corrupt"].s(), tasks["notify"].si("never")
+    ).on_error(errbacks["report_id"].s(label="chain"))
+    failed = dur.chain(celery_style).on_error(errbacks["report_request"].s()).start(workflow_id="bad")
+    cluster.drive()
+    with pytest.raises(ValueError, match="bad@2 is corrupt"):
+        failed.result(timeout=0)
+    corrupt_id = "bad-0-1"  # the chain's second link
+    assert cluster.status(corrupt_id).status is Status.ERROR
+    assert errbacks["called"] == [
+        ("id", (corrupt_id, "chain")),
+        ("request", (corrupt_id, "img.corrupt", ["bad@2"], "ValueError('bad@2 is corrupt')")),
+    ]
+    assert "notify never" not in tasks["calls"]
+    cluster.recover()  # the canvas replays: each errback is a recorded step, not called again
+    assert len(errbacks["called"]) == 2
+
+
+def test_a_single_task_canvas_calls_its_error_callback(
+    cluster: Cluster, errbacks: dict[str, Any]
+) -> None:
+    handle = cluster.dur.chain(errbacks["corrupt"].si("one").on_error(errbacks["report_id"].si("fixed"))).start()
+    cluster.drive()
+    with pytest.raises(ValueError, match="one is corrupt"):
+        handle.result(timeout=0)
+    assert errbacks["called"] == [("id", ("fixed", ""))]  # .si(): its own arguments only, as in Celery
+    again = cluster.dur.chain(errbacks["corrupt"].si("two")).apply_async(link_error=errbacks["report_id"].s())
+    cluster.drive()
+    with pytest.raises(ValueError, match="two is corrupt"):
+        again.get(timeout=0)
+    assert errbacks["called"][-1] == ("id", (f"{again.id}-0", ""))  # Celery's apply_async(link_error=...)
+
+
+
+def test_a_task_before_a_group_calls_its_error_callback(
+    cluster: Cluster, tasks: dict[str, Any], errbacks: dict[str, Any]
+) -> None:
+    """A chain with a group in it is walked by the canvas workflow (not a
+    static chain): its failing task's errback is called the same way."""
+    from celery import group as celery_group
+
+    handle = cluster.dur.chain(
+        errbacks["corrupt"].si("dyn").on_error(errbacks["report_request"].s()),
+        celery_group(tasks["notify"].si("a"), tasks["notify"].si("b")),
+    ).start(workflow_id="dyn")
+    cluster.drive()
+    with pytest.raises(ValueError, match="dyn is corrupt"):
+        handle.result(timeout=0)
+    [(kind, (failed_id, name, args, error))] = errbacks["called"]
+    assert (kind, name, args) == ("request", "img.corrupt", ["dyn"]) and failed_id.startswith("dyn-")
+    assert "notify a" not in tasks["calls"]
+
+
+def test_error_callbacks_in_a_group_are_refused_before_anything_is_written(
+    cluster: Cluster, tasks: dict[str, Any], errbacks: dict[str, Any]
+) -> None:
+    with pytest.raises(ValueError, match="link_error in a group"):
+        cluster.dur.group(errbacks["corrupt"].s("g").on_error(errbacks["report_id"].s()), tasks["notify"].s("y"))
+    with pytest.raises(ValueError, match="on_error of a group"):
+        cluster.dur.group(tasks["notify"].s("y")).on_error(errbacks["report_id"].s())
+    assert cluster.dur.list_workflows() == []
