@@ -137,6 +137,24 @@ def retrying_stage(self, value: str, label: str, key: str) -> str:
     return f"{value}>{label}"
 
 
+@celery_app.task(name="dispatch.failing_stage")
+def failing_stage(value: str, label: str, key: str) -> str:
+    note(key, label)
+    raise ValueError(f"{label} failed on {value}")
+
+
+@celery_app.task(name="dispatch.note_failure")
+def note_failure(task_id: str, *, key: str) -> None:
+    """An error callback in Celery's older convention: the failed task's ID."""
+    note(key, f"errback:{task_id}")
+
+
+@celery_app.task(name="dispatch.note_failure_request")
+def note_failure_request(request, exc, traceback, key: str = "") -> None:
+    """An error callback in Celery's newer convention."""
+    note(key, f"errback-request:{request.id}:{type(exc).__name__}")
+
+
 stage_step = dur.task_step(stage, retries=1)
 
 

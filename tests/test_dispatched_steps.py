@@ -243,6 +243,28 @@ def test_a_chain_task_that_calls_self_retry_runs_again_after_its_countdown(backe
     assert step.status.value == "SUCCESS" and step.attempts == 2
 
 
+def test_a_failed_chain_task_calls_its_error_callbacks_on_a_real_worker(backend, client, pool):
+    """Celery's link_error in both conventions, on a worker: the one that
+    takes the failed task's ID runs as a task, the one that takes
+    (request, exc, traceback) inside the canvas workflow; the chain ends
+    with the task's error and the task after it never runs."""
+    pool("default", "celery")
+    key = "chain-errback"
+    chain = _dur(backend).chain(
+        signature("dispatch.stage", args=("img", "a", key)),
+        signature("dispatch.failing_stage", args=("b", key)),
+        signature("dispatch.stage", args=("c", key)),
+    ).on_error(signature("dispatch.note_failure", kwargs={"key": key}))
+    chain.on_error(signature("dispatch.note_failure_request", kwargs={"key": key}))
+    handle = chain.start(workflow_id=key)
+    with pytest.raises(ValueError, match="b failed on img>a"):
+        handle.result(timeout=60)
+    failed = f"{key}-0-1"
+    assert [what for what, _, _ in runs(key)] == [
+        "a", "b", f"errback:{failed}", f"errback-request:{failed}:ValueError",
+    ]
+
+
 def test_sigkill_of_the_child_running_a_chain_link_run_here(backend, client, pool):
     """The link that followed in the same delivery has no message of its
     own: its row is expired at the child's death and published again."""
