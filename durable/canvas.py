@@ -20,8 +20,8 @@ workflow with its result in the same statement. Started from outside a
 workflow, the canvas is written already waiting on its first task (the
 canvas row, its checkpoint naming the task, and the task's row, in one
 statement) and only the first task is published: the canvas workflow
-never executes unless a task fails (it is woken, replays, and ends with
-the error). One broker hop and two commits per task, no round trip
+never executes unless a task fails (it is woken, replays, calls the
+failed task's error callbacks, `link_error`, and ends with the error). One broker hop and two commits per task, no round trip
 through the workflow; recovery is unchanged, since every link is a row
 before its message exists. A worker that consumes the next link's queue
 runs it in the same delivery instead, claimed by the statement that
@@ -57,9 +57,9 @@ CANVAS_WORKFLOW = "durable.canvas"
 # Signature options that durable keeps: where the task runs, and before what.
 KEPT_OPTIONS = ("queue", "priority")
 
-# What `start()` takes (Celery's names for some are mapped in `Canvas.apply_async`).
 logger = logging.getLogger("durable.canvas")
 
+# What `start()` takes (Celery's names for some are mapped in `Canvas.apply_async`).
 START_OPTIONS = frozenset(field.name for field in dataclasses.fields(StartOptions))
 
 # Start options with which a static chain's canvas is written already
@@ -195,8 +195,9 @@ class Canvas:
                                     ("start_at", celery_names["eta"])):
             if value is not None:
                 options[durable_name] = value
-        for errback in ([] if errbacks is None else errbacks if isinstance(errbacks, (list, tuple)) else [errbacks]):
-            self.on_error(errback)
+        if errbacks is not None:
+            for errback in errbacks if isinstance(errbacks, (list, tuple)) else [errbacks]:
+                self.on_error(errback)
         return self.start(**options)
 
     def delay(self) -> WorkflowHandle:
@@ -311,14 +312,13 @@ class CanvasRunner:
         return {"id": link, "args": args}
 
     def run_errbacks(self, spec: dict[str, Any], failed: dict[str, Any], exc: Exception) -> None:
-        """Celery's error callbacks of a failed task, each a step of this
-        workflow, in order; the canvas then ends with the task's error, as
-        in Celery. `failed`: the failed task's ID (its step's workflow ID)
-        and the arguments it ran with. An errback whose task takes (request, exc, traceback)
-        is called so, inside this workflow; one that takes a task ID runs
-        as a task on its queue, given the failed task's ID (its step's
-        workflow ID). As in Celery, a failing errback leaves the task's
-        error as the outcome."""
+        """Celery's error callbacks of a failed task, in order, each a step
+        of this workflow; the canvas then ends with the task's error, as in
+        Celery. `failed`: the task's ID (its step's workflow ID) and the
+        arguments it ran with. An errback whose task takes (request, exc,
+        traceback) is called so, here; one that takes a task ID runs as a
+        task on its queue, given the failed task's ID. A failing errback is
+        logged and leaves the task's error as the outcome, as in Celery."""
         if isinstance(exc, AwaitedWorkflowCancelledError):
             return  # a revoked task calls no errback in Celery either
         execution = in_workflow_code()
@@ -327,9 +327,12 @@ class CanvasRunner:
             task = self.celery.tasks.get(errback["task"])
             try:
                 if execution is not None and task is not None and takes_request(task):
-                    request = Context(id=failed_id, task=spec["task"], args=failed["args"], kwargs=dict(spec["kwargs"]))
-                    execution.run_step(ErrbackStep(task), arguments(errback, [request, exc, None]),
-                                       dict(errback["kwargs"]))
+                    request = Context(
+                        id=failed_id, task=spec["task"], args=failed["args"], kwargs=dict(spec["kwargs"])
+                    )
+                    execution.run_step(
+                        ErrbackStep(task), arguments(errback, [request, exc, None]), dict(errback["kwargs"])
+                    )
                 else:
                     self.spawn(errback, [failed_id]).result()
             except Exception:  # noqa: BLE001 - logged, as Celery logs a failed errback
