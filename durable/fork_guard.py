@@ -34,6 +34,20 @@ def no_fork_meanwhile() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def no_fork_meanwhile_within(timeout_seconds: float) -> Iterator[bool]:
+    """`no_fork_meanwhile()` if it comes within `timeout_seconds`; yields
+    whether it did. For work that must not wait behind another thread's
+    long call (lease renewal behind a publish to a broker that does not
+    answer) and can run unguarded where a fork risks nothing."""
+    acquired = _guard.acquire(timeout=timeout_seconds)
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            _guard.release()
+
+
 def _before_fork() -> None:
     _guard.acquire()
 

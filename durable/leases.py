@@ -33,7 +33,7 @@ from typing import Callable, Collection
 
 from .clock import SYSTEM_CLOCK, Clock
 from .dispatch import process_owner
-from .fork_guard import no_fork_meanwhile
+from .fork_guard import no_fork_meanwhile, no_fork_meanwhile_within
 from .records import Status
 from .store import Store
 
@@ -149,7 +149,8 @@ class ChildLeaseRenewer:
     child that died is reaped (and dropped from `children()`) before its
     death is reported and its lease expired; the renewal reads both, and
     writes, inside `no_fork_meanwhile()`, as that report does, so it never
-    extends a lease the report just expired.
+    extends a lease the report just expired (unless, on Postgres, another
+    thread held the guard past a sixth of a lease: see `renew_once`).
     """
 
     def __init__(
@@ -169,6 +170,7 @@ class ChildLeaseRenewer:
         self.owner_of = owner_of
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._unguarded = False  # the last renewal went ahead without the fork guard
 
     def start(self) -> None:
         if self._thread is None:
@@ -195,7 +197,18 @@ class ChildLeaseRenewer:
 
     def renew_once(self) -> int:
         """Renew now; returns how many leases were extended."""
-        with no_fork_meanwhile():  # no fork while inside the driver; and the lost-child report waits
+        # No fork while inside the driver, and the lost-child report waits.
+        # Another thread may hold the guard for long (the sweeper, whose
+        # publish a broker outage holds up): on Postgres the renewal then
+        # goes ahead unguarded after a sixth of a lease, since a child forked
+        # meanwhile opens connections of its own and shares no driver mutex.
+        # On SQLite, whose process-wide mutexes a child would inherit, it waits.
+        wait = None if self.store.db.is_sqlite else self.lease_seconds / 6
+        with no_fork_meanwhile() if wait is None else no_fork_meanwhile_within(wait) as guarded:
+            if guarded is False and not self._unguarded:
+                logger.warning("renewing pool children's leases without waiting for another thread's "
+                               "database or broker call (over %.2f s)", wait)
+            self._unguarded = guarded is False
             owners = {self.owner_of(pid) for pid in self.children()}
             workflow_ids = set(self.workflows())
             if not owners or not workflow_ids:

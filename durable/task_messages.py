@@ -175,6 +175,9 @@ class TaskPublisher:
         """A forked child uses none of its parent's connections or templates
         (the parent's are its own; a template names the process, `origin`)."""
         if self._pid != os.getpid():
+            # a new lock first: a thread of the parent (its sweeper) may have
+            # held the old one at the fork, and no thread here would release it
+            self._lock = threading.Lock()
             with self._lock:
                 self._pid = os.getpid()
                 self._idle = []

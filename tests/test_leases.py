@@ -327,3 +327,50 @@ def test_a_restarted_worker_takes_back_its_dead_leases_at_once_and_no_live_one(
         for worker in (live, killed, restarted):
             if worker is not None:
                 worker.kill_all()
+
+
+# --- the renewal of pool children's leases does not wait behind another thread -------
+
+def test_the_childrens_renewal_goes_on_while_another_thread_holds_the_fork_guard(create_pg_database):
+    """In a prefork worker's main process the sweeper and the renewal take
+    the same fork guard. A sweeper whose publish hangs on a broker that does
+    not answer holds it; on Postgres the renewal goes ahead after a sixth of
+    a lease rather than let the live children's leases run out (a bounded
+    chaos run saw two live children taken over that way)."""
+    import threading
+
+    from durable.fork_guard import no_fork_meanwhile
+    from durable.leases import ChildLeaseRenewer
+
+    store = Store(Database(create_pg_database("renewal_guard")))
+    store.db.ensure_schema()
+    owner = f"{this_host()}:{os.getpid()}"
+    now = store_now = read_postgres_ms(store.db)()
+    row = new_workflow_row(Settings(), "wf", [], {}, workflow_id="held")
+    row["created_at_ms"] = row["updated_at_ms"] = now
+    store.insert_workflow(row)
+    assert store.claim("held", owner, now, 2_000) is not None
+    clock = database_clock(store.db)
+    clock.now_ms()  # measured, as a running worker's is
+    renewer = ChildLeaseRenewer(store, 2.0, clock, children=lambda: [os.getpid()], workflows=lambda: ["held"])
+    release = threading.Event()
+    holding = threading.Event()
+
+    def stuck_sweeper() -> None:
+        with no_fork_meanwhile():
+            holding.set()
+            release.wait(30)
+
+    threading.Thread(target=stuck_sweeper, daemon=True).start()
+    assert holding.wait(5)
+    renewed: list[int] = []
+    try:
+        renewing = threading.Thread(target=lambda: renewed.append(renewer.renew_once()), daemon=True)
+        renewing.start()
+        renewing.join(2.0)  # a lease is 2 s: renewed well within it, not after the guard is free
+        assert renewed == [1], "the renewal waited for the thread holding the fork guard"
+        lease = store.workflow_row("held")["lease_expires_at_ms"]
+        assert lease > store_now + 2_000
+    finally:
+        release.set()
+        clock.stop()  # type: ignore[attr-defined]

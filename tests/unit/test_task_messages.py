@@ -4,6 +4,8 @@ and publish options, but for the task ID and what follows from it."""
 
 from __future__ import annotations
 
+import signal
+import time
 from typing import Any
 from unittest import mock
 
@@ -95,3 +97,34 @@ def test_publish_signal_receivers_get_celerys_path(app: Celery) -> None:
         signals.before_task_publish.disconnect(receiver)
     app.conf.task_send_sent_event = True
     assert CeleryDispatcher(app).messages.template("durable.run_workflow", "orders", "celery", 0, "x") is None
+
+
+def test_a_child_forked_while_another_thread_publishes_can_publish(app: Celery) -> None:
+    """The sweeper publishes from its own thread while the pool forks: a
+    child forked while that thread held the publisher's lock must not wait
+    for it (no thread of the child would release it)."""
+    import os
+
+    dispatcher = CeleryDispatcher(app)
+    dispatcher.messages._lock.acquire()  # as the sweeper thread, mid-publish
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its first publish goes through its own lock
+            code = 1
+            try:
+                with mock.patch.object(Producer, "publish", lambda self, body, **kwargs: None):
+                    code = 0 if dispatcher.publish("wf-child", "orders", "celery", 0) else 2
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child waited for a lock its parent's thread held")
+    finally:
+        dispatcher.messages._lock.release()
