@@ -47,7 +47,10 @@ def _terminal(client, workflow_id: str, timeout_s: float):
 # --- item 1: a step that holds the GIL ---------------------------------------------
 
 LEASE_S = 1.0
-HOLD_S = 4.0  # more than 3 leases, with room to spare
+# More than 3 leases, with room to spare: the call is sized on a rate
+# measured when the worker imports its module, which a loaded machine can
+# make 1.4x slow (a clean-clone run held 2.88 s for 4.0 asked).
+HOLD_S = 6.0
 
 
 def test_a_step_holding_the_gil_for_three_leases_runs_once_and_is_no_recovery(
