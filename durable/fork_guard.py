@@ -35,12 +35,13 @@ def no_fork_meanwhile() -> Iterator[None]:
 
 
 @contextmanager
-def no_fork_meanwhile_within(timeout_seconds: float) -> Iterator[bool]:
-    """`no_fork_meanwhile()` if it comes within `timeout_seconds`; yields
-    whether it did. For work that must not wait behind another thread's
-    long call (lease renewal behind a publish to a broker that does not
-    answer) and can run unguarded where a fork risks nothing."""
-    acquired = _guard.acquire(timeout=timeout_seconds)
+def no_fork_meanwhile_within(timeout_seconds: float | None) -> Iterator[bool]:
+    """`no_fork_meanwhile()` if it comes within `timeout_seconds` (None:
+    however long it takes); yields whether it did. For work that must not
+    wait behind another thread's long call (lease renewal behind a publish
+    to a broker that does not answer) and can run unguarded where a fork
+    risks nothing."""
+    acquired = _guard.acquire(timeout=-1 if timeout_seconds is None else timeout_seconds)
     try:
         yield acquired
     finally:

@@ -33,7 +33,7 @@ from typing import Callable, Collection
 
 from .clock import SYSTEM_CLOCK, Clock
 from .dispatch import process_owner
-from .fork_guard import no_fork_meanwhile, no_fork_meanwhile_within
+from .fork_guard import no_fork_meanwhile_within
 from .records import Status
 from .store import Store
 
@@ -204,11 +204,11 @@ class ChildLeaseRenewer:
         # meanwhile opens connections of its own and shares no driver mutex.
         # On SQLite, whose process-wide mutexes a child would inherit, it waits.
         wait = None if self.store.db.is_sqlite else self.lease_seconds / 6
-        with no_fork_meanwhile() if wait is None else no_fork_meanwhile_within(wait) as guarded:
-            if guarded is False and not self._unguarded:
+        with no_fork_meanwhile_within(wait) as guarded:
+            if not guarded and not self._unguarded:
                 logger.warning("renewing pool children's leases without waiting for another thread's "
                                "database or broker call (over %.2f s)", wait)
-            self._unguarded = guarded is False
+            self._unguarded = not guarded
             owners = {self.owner_of(pid) for pid in self.children()}
             workflow_ids = set(self.workflows())
             if not owners or not workflow_ids:
