@@ -43,6 +43,20 @@ def tasks(cluster: Cluster) -> dict[str, Any]:
     return {"resize": resize, "upload": upload, "notify": notify, "combine": combine, "calls": calls}
 
 
+def _crashing_once(app: Celery, name: str) -> Any:
+    """A task whose first run is killed with its process (SimulatedCrash)."""
+    crashed: list[bool] = []
+
+    @app.task(name=name, shared=False)
+    def fragile(path: str) -> str:
+        if not crashed:
+            crashed.append(True)
+            raise SimulatedCrash()
+        return f"ok {path}"
+
+    return fragile
+
+
 def test_a_chain_passes_results_as_celery_does(cluster: Cluster, tasks: dict[str, Any]) -> None:
     dur = cluster.dur
     ended = metrics.WORKFLOWS_ENDED.labels("durable.canvas", "SUCCESS")
@@ -141,15 +155,7 @@ def test_a_canvas_nested_in_a_group_runs_as_a_child_canvas(cluster: Cluster, tas
 
 def test_a_crash_mid_chain_does_not_run_completed_tasks_again(cluster: Cluster, tasks: dict[str, Any]) -> None:
     dur = cluster.dur
-    app: Celery = dur.celery
-    crashed: list[bool] = []
-
-    @app.task(name="img.fragile", shared=False)
-    def fragile(path: str) -> str:
-        if not crashed:
-            crashed.append(True)
-            raise SimulatedCrash()
-        return f"ok {path}"
+    fragile = _crashing_once(dur.celery, "img.fragile")
 
     handle = dur.chain(tasks["resize"].s("z", 8), fragile.s()).start()
     cluster.drive()
@@ -242,15 +248,7 @@ def test_a_task_with_a_time_limit_keeps_its_own_message(cluster: Cluster, tasks:
 
 def test_a_crash_in_a_link_run_here_is_recovered_from_its_row(cluster: Cluster, tasks: dict[str, Any]) -> None:
     dur = cluster.dur
-    app: Celery = dur.celery
-    crashed: list[bool] = []
-
-    @app.task(name="img.fragile2", shared=False)
-    def fragile(path: str) -> str:
-        if not crashed:
-            crashed.append(True)
-            raise SimulatedCrash()
-        return f"ok {path}"
+    fragile = _crashing_once(dur.celery, "img.fragile2")
 
     _run_links_here(cluster, ["celery", "images"])
     handle = dur.chain(tasks["resize"].s("c", 3), fragile.s(), tasks["notify"].si("done")).start(
